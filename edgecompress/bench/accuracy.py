@@ -1,0 +1,89 @@
+"""Top-1 accuracy of a runner, and the combined accuracy + latency benchmark of one engine."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from edgecompress.bench.latency import check_counts, measure_latency
+from edgecompress.errors import ConfigError, DataError, ModelError
+
+if TYPE_CHECKING:
+    from edgecompress.backends.base import Runner
+
+logger = logging.getLogger(__name__)
+
+LogitsFn = Callable[[np.ndarray], np.ndarray]
+RunnerOrFn = Union["Runner", LogitsFn]
+
+
+def _as_fn(runner_or_fn: RunnerOrFn) -> LogitsFn:
+    """Accept a :class:`Runner` (uses ``.run``) or a plain ``x -> logits`` callable."""
+    run = getattr(runner_or_fn, "run", None)
+    if callable(run):
+        return run
+    if callable(runner_or_fn):
+        return runner_or_fn
+    raise ConfigError(f"expected a Runner or a callable, got {type(runner_or_fn).__name__}")
+
+
+def evaluate_accuracy(runner_or_fn: RunnerOrFn, x: np.ndarray, y: np.ndarray, *,
+                      batch_size: int = 256) -> tuple[float, np.ndarray]:
+    """Run ``x`` through the model in batches and score top-1 accuracy against ``y``.
+
+    The logits are returned too, so callers can compute parity against another engine without
+    a second pass.
+
+    Returns:
+        ``(accuracy in [0, 1], logits of shape (len(x), classes))``.
+
+    Raises:
+        DataError: ``x``/``y`` are empty or their lengths differ.
+        ConfigError: ``batch_size`` < 1.
+        ModelError: The model returns the wrong number of rows.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"accuracy batch_size must be >= 1, got {batch_size}")
+    y = np.asarray(y).reshape(-1)
+    if len(x) == 0 or len(x) != len(y):
+        raise DataError(f"need equally many inputs and labels, got {len(x)} and {len(y)}")
+    fn = _as_fn(runner_or_fn)
+    outs = []
+    for start in range(0, len(x), batch_size):
+        batch = x[start:start + batch_size]
+        out = np.asarray(fn(batch))
+        if out.ndim < 1 or out.shape[0] != len(batch):
+            raise ModelError(f"model returned shape {out.shape} for a batch of {len(batch)}")
+        outs.append(out.reshape(len(batch), -1))
+    logits = np.concatenate(outs, axis=0)
+    accuracy = float(np.mean(np.argmax(logits, axis=1) == y))
+    return accuracy, logits
+
+
+def benchmark_runner(runner: Runner, x_test: np.ndarray, y_test: np.ndarray, *, warmup: int,
+                     runs: int, batch_size: int = 1) -> dict[str, Any]:
+    """Accuracy on the whole test set plus latency on a fixed batch of its first samples.
+
+    Latency always uses the same prepared float32 batch so no data handling is timed.
+
+    Returns:
+        ``{"accuracy": float, "latency_ms": LatencyStats.to_dict(), "logits": np.ndarray}``.
+
+    Raises:
+        ConfigError: ``batch_size`` < 1 or larger than the test set; bad ``warmup``/``runs``.
+    """
+    if batch_size < 1 or batch_size > len(x_test):
+        raise ConfigError(
+            f"latency batch_size must be in 1..{len(x_test)} (test set size), got {batch_size}"
+        )
+    check_counts(warmup=warmup, runs=runs)
+    accuracy, logits = evaluate_accuracy(runner, x_test, y_test)
+    batch = np.ascontiguousarray(x_test[:batch_size], dtype=np.float32)
+    stats = measure_latency(lambda: runner.run(batch), warmup=warmup, runs=runs,
+                            threads=runner.threads, batch_size=batch_size)
+    logger.info("accuracy %.4f, latency p50 %.3f ms (batch %d, %d threads)", accuracy, stats.p50,
+                batch_size, runner.threads)
+    return {"accuracy": accuracy, "latency_ms": stats.to_dict(), "logits": logits}

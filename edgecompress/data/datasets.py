@@ -1,0 +1,470 @@
+"""Dataset loaders: sklearn digits, NPZ archives, MNIST-style IDX files and image folders.
+
+Every source is first turned into float32 NCHW images (uint8 pixels scaled to [0, 1]) with int64
+labels 0..K-1, then split (seeded, stratified) and normalised with train-split statistics, so the
+rest of the pipeline sees one shape of data whatever the source was.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import math
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgecompress.data.split import (
+    Split,
+    compute_normalization,
+    fraction_count,
+    stratified_split,
+    stratified_subsample,
+)
+from edgecompress.data.split import normalize as normalize_array
+from edgecompress.errors import BackendUnavailable, ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+SOURCES = ("digits", "npz", "idx", "imagefolder")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+# IDX type codes -> big-endian numpy dtypes (http://yann.lecun.com/exdb/mnist/).
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_FINGERPRINT_VERSION = 1
+
+
+@dataclass
+class DatasetBundle:
+    """A dataset split three ways, plus what a later stage needs to reproduce its preprocessing.
+
+    ``mean``/``std`` are the per-channel statistics that were subtracted/divided (computed on the
+    train split before normalising); with ``normalize=False`` they are 0/1, i.e. the identity, so
+    ``(pixels_in_0_1 - mean) / std`` always reproduces what the model sees.
+    """
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    class_names: list[str]
+    mean: list[float]
+    std: list[float]
+
+    def fingerprint(self) -> str:
+        """SHA-256 over every array and the metadata; identical across processes and machines.
+
+        Lets a run directory detect that it was produced from different data (another seed,
+        split, file or normalisation) before trusting cached artifacts.
+        """
+        digest = hashlib.sha256()
+        meta = {
+            "version": _FINGERPRINT_VERSION,
+            "name": self.name,
+            "num_classes": int(self.num_classes),
+            "input_shape": [int(v) for v in self.input_shape],
+            "class_names": list(self.class_names),
+            "mean": [float(v) for v in self.mean],
+            "std": [float(v) for v in self.std],
+        }
+        digest.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8"))
+        for split_name, split in (("train", self.train), ("val", self.val), ("test", self.test)):
+            for key, arr, dtype in (("x", split.x, "<f4"), ("y", split.y, "<i8")):
+                arr = np.ascontiguousarray(arr, dtype=dtype)
+                digest.update(f"|{split_name}.{key}:{list(arr.shape)}|".encode())
+                digest.update(arr.data)
+        return digest.hexdigest()
+
+
+@dataclass
+class _Raw:
+    """A loaded but not yet split source: float32 NCHW pixels, int64 labels 0..K-1."""
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+    class_names: list[str]
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+
+def _to_nchw(x: np.ndarray, where: str) -> np.ndarray:
+    """Convert images to float32 NCHW; uint8 is scaled by 1/255, other dtypes keep their values."""
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:
+        # Channels-last only when the last axis looks like channels and axis 1 does not; an
+        # ambiguous (N, 3, H, 3) or (N, 1, H, 1) array is read as channels-first.
+        if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+            logger.info("%s: shape %s read as (N, H, W, C)", where, x.shape)
+            x = x.transpose(0, 3, 1, 2)
+    else:
+        raise DataError(f"{where}: images must have shape (N, H, W), (N, C, H, W) or "
+                        f"(N, H, W, C) with C in {{1, 3}}; got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise DataError(f"{where}: contains no images (shape {x.shape})")
+    if x.dtype.kind not in "biuf":
+        raise DataError(f"{where}: images must be numeric, got dtype {x.dtype} (shape {x.shape})")
+    out = np.ascontiguousarray(x, dtype=np.float32)
+    if x.dtype == np.uint8:
+        out /= np.float32(255.0)
+    if not np.isfinite(out).all():
+        raise DataError(f"{where}: images contain NaN or infinite values (shape {x.shape})")
+    return out
+
+
+def _encode_labels(
+    parts: list[tuple[np.ndarray, str]],
+) -> tuple[list[np.ndarray], list[str]]:
+    """Map integer labels onto 0..K-1 via ``np.unique`` over all parts (train and given test).
+
+    Labels already 0..K-1 are unchanged; others (e.g. 1..10 or {3, 7}) are remapped in sorted
+    order and ``class_names`` records the original values.
+    """
+    cleaned = []
+    for y, where in parts:
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise DataError(f"{where}: labels must have shape (N,) of class indices, "
+                            f"got shape {y.shape}")
+        if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
+            y = y.astype(np.int64)
+        if y.dtype.kind not in "biu":
+            raise DataError(f"{where}: labels must be integers, got dtype {y.dtype} "
+                            f"(shape {y.shape})")
+        cleaned.append(y.astype(np.int64))
+    classes = np.unique(np.concatenate(cleaned))
+    if not np.array_equal(classes, np.arange(classes.shape[0])):
+        logger.warning("%s: labels %s remapped to 0..%d", parts[0][1], classes.tolist()[:20],
+                       classes.shape[0] - 1)
+    encoded = [np.searchsorted(classes, y).astype(np.int64) for y in cleaned]
+    return encoded, [str(int(c)) for c in classes]
+
+
+def _check_lengths(x: np.ndarray, y: np.ndarray, where_x: str, where_y: str) -> None:
+    for arr, where in ((x, where_x), (y, where_y)):
+        if arr.ndim == 0:
+            raise DataError(f"{where} is a scalar, expected one entry per sample")
+    if x.shape[0] != y.shape[0]:
+        raise DataError(f"{where_x} has {x.shape[0]} images (shape {x.shape}) but {where_y} has "
+                        f"{y.shape[0]} labels (shape {y.shape})")
+
+
+def _load_digits(path: str | Path | None) -> _Raw:
+    if path is not None:
+        raise ConfigError(f"source 'digits' is built in and takes no path, got path={path!r}")
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "source 'digits' needs scikit-learn: pip install 'edgecompress[data]'") from exc
+    digits = load_digits()
+    x = (digits.images.astype(np.float32) / np.float32(16.0))[:, None]
+    return _Raw("digits", np.ascontiguousarray(x), digits.target.astype(np.int64),
+                [str(int(t)) for t in digits.target_names])
+
+
+def _load_npz(path: Path, npz_keys: tuple[str, str]) -> _Raw:
+    if not path.is_file():
+        raise DataError(f"npz file {path} does not exist")
+    kx, ky = npz_keys
+    split_keys = ("x_train", "y_train", "x_test", "y_test")
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{path} holds a single array of shape {archive.shape}, not an .npz "
+                            f"archive with keys {kx!r} and {ky!r}")
+        with archive:
+            keys = set(archive.files)
+            if kx in keys and ky in keys:
+                arrays = {k: archive[k] for k in (kx, ky)}
+            elif all(k in keys for k in split_keys):
+                arrays = {k: archive[k] for k in split_keys}
+            else:
+                raise DataError(f"{path}: needs keys {kx!r} and {ky!r} (or x_train, y_train, "
+                                f"x_test, y_test); keys present: {sorted(keys)}")
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"cannot read npz file {path}: {exc}") from exc
+    name = path.stem
+    if kx in arrays:
+        _check_lengths(arrays[kx], arrays[ky], f"{path}[{kx!r}]", f"{path}[{ky!r}]")
+        x = _to_nchw(arrays[kx], f"{path}[{kx!r}]")
+        (y,), names = _encode_labels([(arrays[ky], f"{path}[{ky!r}]")])
+        return _Raw(name, x, y, names)
+    where = {k: f"{path}[{k!r}]" for k in split_keys}
+    for part in ("train", "test"):
+        _check_lengths(arrays[f"x_{part}"], arrays[f"y_{part}"], where[f"x_{part}"],
+                       where[f"y_{part}"])
+    x_tr = _to_nchw(arrays["x_train"], where["x_train"])
+    x_te = _to_nchw(arrays["x_test"], where["x_test"])
+    (y_tr, y_te), names = _encode_labels([(arrays["y_train"], where["y_train"]),
+                                          (arrays["y_test"], where["y_test"])])
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise DataError(f"{where['x_train']} images have shape {x_tr.shape[1:]} (C, H, W) but "
+                        f"{where['x_test']} images have shape {x_te.shape[1:]}")
+    return _Raw(name, x_tr, y_tr, names, x_te, y_te)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse one IDX file (optionally gzip-compressed), checking its header against its size."""
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                data = fh.read()
+        else:
+            data = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"cannot read IDX file {path}: {exc}") from exc
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise DataError(f"{path} is not an IDX file (magic bytes {data[:4].hex() or 'missing'})")
+    code, ndim = data[2], data[3]
+    if code not in _IDX_DTYPES or ndim == 0:
+        raise DataError(f"{path}: unsupported IDX header (type code 0x{code:02x}, {ndim} dims)")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{path}: truncated IDX file ({len(data)} bytes, header needs {header})")
+    dims = [int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4)]
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = header + math.prod(dims) * dtype.itemsize
+    if len(data) != expected:
+        problem = "truncated IDX file" if len(data) < expected else "IDX file has trailing bytes"
+        raise DataError(f"{path}: {problem}: header says shape {tuple(dims)} ({expected} bytes) "
+                        f"but the file has {len(data)} bytes")
+    arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="))
+
+
+def _find_idx(directory: Path, prefix: str, kind: str, ndim: int) -> Path | None:
+    for stem in (f"{prefix}-{kind}-idx{ndim}-ubyte", f"{prefix}-{kind}.idx{ndim}-ubyte"):
+        for suffix in ("", ".gz"):
+            candidate = directory / (stem + suffix)
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _load_idx(directory: Path) -> _Raw:
+    if not directory.is_dir():
+        raise DataError(f"idx source needs a directory of MNIST-format files; {directory} is not "
+                        f"a directory")
+    found = {(p, k): _find_idx(directory, p, k, 3 if k == "images" else 1)
+             for p in ("train", "t10k") for k in ("images", "labels")}
+    for key in (("train", "images"), ("train", "labels")):
+        if found[key] is None:
+            present = sorted(p.name for p in directory.iterdir())[:20]
+            raise DataError(f"{directory}: missing {key[0]}-{key[1]}-idx"
+                            f"{3 if key[1] == 'images' else 1}-ubyte[.gz]; files present: "
+                            f"{present}")
+    if (found["t10k", "images"] is None) != (found["t10k", "labels"] is None):
+        missing = "images" if found["t10k", "images"] is None else "labels"
+        raise DataError(f"{directory}: has only one of the t10k files; t10k-{missing} is missing")
+    has_test = found["t10k", "images"] is not None
+    prefixes = ("train", "t10k") if has_test else ("train",)
+    images = {p: _read_idx(found[p, "images"]) for p in prefixes}
+    labels = {p: _read_idx(found[p, "labels"]) for p in prefixes}
+    for p in prefixes:
+        _check_lengths(images[p], labels[p], str(found[p, "images"]), str(found[p, "labels"]))
+    xs = {p: _to_nchw(images[p], str(found[p, "images"])) for p in prefixes}
+    ys, names = _encode_labels([(labels[p], str(found[p, "labels"])) for p in prefixes])
+    name = directory.resolve().name
+    if not has_test:
+        return _Raw(name, xs["train"], ys[0], names)
+    if xs["train"].shape[1:] != xs["t10k"].shape[1:]:
+        raise DataError(f"{found['train', 'images']} images have shape {xs['train'].shape[1:]} "
+                        f"but {found['t10k', 'images']} images have {xs['t10k'].shape[1:]}")
+    return _Raw(name, xs["train"], ys[0], names, xs["t10k"], ys[1])
+
+
+def _load_imagefolder(root: Path, image_size: tuple[int, int] | None, grayscale: bool) -> _Raw:
+    try:
+        from PIL import Image, ImageOps
+    except ImportError as exc:
+        raise BackendUnavailable(
+            "source 'imagefolder' needs Pillow: pip install 'edgecompress[data]'") from exc
+    if not root.is_dir():
+        raise DataError(f"image folder {root} is not a directory")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: no class folders found (expected {root}/<class_name>/*.png)")
+    files: list[Path] = []
+    labels: list[int] = []
+    for k, cls in enumerate(classes):
+        images = sorted(p for p in (root / cls).iterdir() if p.is_file()
+                        and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        if not images:
+            raise DataError(f"class folder {root / cls} contains no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)})")
+        files += images
+        labels += [k] * len(images)
+    mode = "L" if grayscale else "RGB"
+    pixels: list[np.ndarray] = []
+    first: tuple[Path, tuple[int, int]] | None = None
+    for file in files:
+        try:
+            with Image.open(file) as img:
+                img = ImageOps.exif_transpose(img).convert(mode)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise DataError(f"cannot read image {file}: {exc}") from exc
+        if image_size is not None:
+            img = img.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
+        elif first is None:
+            first = (file, img.size)
+        elif img.size != first[1]:
+            raise DataError(f"images differ in size: {first[0]} is {first[1][0]}x{first[1][1]} "
+                            f"but {file} is {img.size[0]}x{img.size[1]} (width x height); pass "
+                            f"image_size=(H, W) to resize them")
+        pixels.append(np.asarray(img, dtype=np.uint8))
+    stacked = np.stack(pixels)
+    x = stacked[:, None] if grayscale else stacked.transpose(0, 3, 1, 2)
+    return _Raw(root.resolve().name, _to_nchw(x, str(root)), np.asarray(labels, np.int64), classes)
+
+
+def _adapt(x: np.ndarray, image_size: tuple[int, int] | None, grayscale: bool,
+           where: str) -> np.ndarray:
+    """Apply ``grayscale`` (ITU-R 601 luma, as Pillow's "L") and ``image_size`` to array data."""
+    if grayscale and x.shape[1] == 3:
+        weights = np.asarray([0.299, 0.587, 0.114], dtype=np.float32).reshape(1, 3, 1, 1)
+        x = (x * weights).sum(axis=1, keepdims=True, dtype=np.float32)
+    elif grayscale and x.shape[1] != 1:
+        raise DataError(f"{where}: grayscale=True needs 1 or 3 channels, images have shape "
+                        f"{x.shape[1:]} (C, H, W)")
+    if image_size is not None and tuple(x.shape[2:]) != tuple(image_size):
+        import torch
+        import torch.nn.functional as F
+
+        resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(x)), size=tuple(image_size),
+                                mode="bilinear", align_corners=False, antialias=True)
+        x = resized.numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _check_options(source: str, path: object, val_fraction: float, test_fraction: float,
+                   image_size: tuple[int, int] | None, limit: int | None) -> None:
+    if source not in SOURCES:
+        raise ConfigError(f"unknown dataset source {source!r}; expected one of {list(SOURCES)}")
+    if source != "digits" and path is None:
+        raise ConfigError(f"dataset source {source!r} needs a path")
+    for label, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"{label} must be between 0 and 1 (exclusive), got {value}")
+    if val_fraction + test_fraction >= 1.0:
+        raise ConfigError(f"val_fraction + test_fraction must be < 1, got "
+                          f"{val_fraction} + {test_fraction}")
+    if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        raise ConfigError(f"image_size must be (height, width) with positive sizes, "
+                          f"got {image_size!r}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be a positive number of samples, got {limit}")
+
+
+def load_dataset(
+    source: str,
+    path: str | Path | None = None,
+    *,
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+    image_size: tuple[int, int] | None = None,
+    grayscale: bool = False,
+    npz_keys: tuple[str, str] = ("x", "y"),
+    normalize: bool = True,
+    limit: int | None = None,
+) -> DatasetBundle:
+    """Load a dataset, split it reproducibly and normalise it with train-split statistics.
+
+    One entry point for every source so that recipes only name a source and a path, and every
+    later stage (training, pruning, calibration, export parity) sees identical preprocessing.
+
+    Args:
+        source: ``"digits"``, ``"npz"``, ``"idx"`` or ``"imagefolder"``.
+        path: File (npz) or directory (idx, imagefolder); must be None for digits.
+        val_fraction: Share of the samples for validation. When the source ships its own test
+            split (npz ``x_test``/``y_test``, idx ``t10k-*``) it is a share of the train part.
+        test_fraction: Share of the samples for test; ignored when the source has a test split.
+        seed: Seeds the ``limit`` subsample and the split; same seed, same splits.
+        image_size: ``(height, width)`` to resize to (bilinear, antialiased). Required for image
+            folders whose images differ in size.
+        grayscale: Convert RGB images to one channel (ITU-R 601 luma, as Pillow's ``"L"``).
+        npz_keys: Image and label keys of an npz archive that is split here.
+        normalize: Subtract the per-channel train mean and divide by the train std. When False,
+            ``mean``/``std`` are reported as 0/1 (the identity transform).
+        limit: Stratified subsample of at most this many samples, taken before splitting (a given
+            test split is shrunk in proportion).
+
+    Returns:
+        The bundle with float32 NCHW splits and int64 labels 0..K-1.
+
+    Raises:
+        ConfigError: An option is invalid (unknown source, fractions out of range, ...).
+        DataError: The data is missing, unreadable, of the wrong shape, or too small to split.
+        BackendUnavailable: scikit-learn (digits) or Pillow (imagefolder) is not installed.
+    """
+    _check_options(source, path, val_fraction, test_fraction, image_size, limit)
+    if source == "digits":
+        raw = _load_digits(path)
+    elif source == "npz":
+        raw = _load_npz(Path(path), tuple(npz_keys))
+    elif source == "idx":
+        raw = _load_idx(Path(path))
+    else:
+        raw = _load_imagefolder(Path(path), image_size, grayscale)
+    if source != "imagefolder":
+        raw.x = _adapt(raw.x, image_size, grayscale, raw.name)
+        if raw.x_test is not None:
+            raw.x_test = _adapt(raw.x_test, image_size, grayscale, raw.name)
+    rng = np.random.default_rng(seed)
+    x, y = raw.x, raw.y
+    if raw.x_test is None:
+        if limit is not None and limit < y.shape[0]:
+            keep = stratified_subsample(y, limit, rng)
+            x, y = x[keep], y[keep]
+        train_idx, val_idx, test_idx = stratified_split(y, val_fraction, test_fraction, rng)
+        x_test, y_test = x[test_idx], y[test_idx]
+    else:
+        x_test, y_test = raw.x_test, raw.y_test
+        total = y.shape[0] + y_test.shape[0]
+        if limit is not None and limit < total:
+            n_pool = fraction_count(limit, y.shape[0] / total)
+            keep = stratified_subsample(y, n_pool, rng)
+            keep_test = stratified_subsample(y_test, limit - n_pool, rng)
+            x, y, x_test, y_test = x[keep], y[keep], x_test[keep_test], y_test[keep_test]
+        logger.debug("%s ships a test split; test_fraction is not used", raw.name)
+        train_idx, val_idx, _ = stratified_split(y, val_fraction, 0.0, rng)
+    sizes = {"train": train_idx.shape[0], "val": val_idx.shape[0], "test": y_test.shape[0]}
+    if min(sizes.values()) == 0:
+        raise DataError(f"{raw.name}: too few samples to split ({sizes}); use more data, a larger "
+                        f"limit or larger fractions")
+    x_train, y_train = x[train_idx], y[train_idx]
+    missing = sorted(set(range(len(raw.class_names))) - set(np.unique(y_train).tolist()))
+    if missing:
+        logger.warning("%s: classes %s have no train samples", raw.name,
+                       [raw.class_names[k] for k in missing])
+    x_val, y_val = x[val_idx], y[val_idx]
+    channels = x.shape[1]
+    mean, std = [0.0] * channels, [1.0] * channels
+    if normalize:
+        mean, std = compute_normalization(x_train)
+        x_train, x_val, x_test = (normalize_array(a, mean, std) for a in (x_train, x_val, x_test))
+    bundle = DatasetBundle(
+        name=raw.name,
+        train=Split(x_train, y_train),
+        val=Split(x_val, y_val),
+        test=Split(x_test, y_test),
+        num_classes=len(raw.class_names),
+        input_shape=(int(channels), int(x.shape[2]), int(x.shape[3])),
+        class_names=list(raw.class_names),
+        mean=mean,
+        std=std,
+    )
+    logger.info("loaded %s: input %s, %d classes, train/val/test = %d/%d/%d", bundle.name,
+                bundle.input_shape, bundle.num_classes, sizes["train"], sizes["val"],
+                sizes["test"])
+    return bundle
+

@@ -1,0 +1,256 @@
+"""Orders and runs the stages in a run directory, with manifests and resume.
+
+Layout of a run directory::
+
+    run.json                 who owns the directory (identity hash), versions, stage status
+    recipe.json              the resolved recipe
+    <stage>/stage.json       config hash, input hashes, output hashes, versions, seconds, metrics
+    <stage>/...              that stage's artifacts
+    report.json, report.md   written by the report stage
+
+A stage is skipped when its ``stage.json`` exists and its config hash, input hashes and output
+hashes all still match. ``stage.json`` is written last (atomically), so a run killed in the
+middle of a stage leaves no manifest for it and the stage reruns; its half-written temp files
+are never trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from edgecompress import __version__
+from edgecompress.distributed import (
+    barrier,
+    broadcast_object,
+    init_distributed,
+    shutdown_distributed,
+)
+from edgecompress.errors import ConfigError, RunDirError
+from edgecompress.io import atomic_write_json, sha256_file, sha256_json
+from edgecompress.recipe import Recipe, recipe_to_dict
+from edgecompress.stages.base import Context, Stage
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_VERSION = 1
+TRACKED_PACKAGES = ("torch", "numpy", "onnx", "onnxscript", "onnxruntime", "scikit-learn",
+                    "pydantic")
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python, edgecompress and the libraries that shape the artifacts."""
+    versions = {"python": platform.python_version(), "edgecompress": __version__}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def default_stages() -> list[Stage]:
+    """The stages in pipeline order (imported here so ``import edgecompress`` stays light)."""
+    from edgecompress.stages.bench import BenchStage
+    from edgecompress.stages.data import DataStage
+    from edgecompress.stages.distill import DistillStage
+    from edgecompress.stages.export import ExportStage
+    from edgecompress.stages.finetune import FinetuneStage
+    from edgecompress.stages.report import ReportStage
+
+    return [DataStage(), FinetuneStage(), DistillStage(), ExportStage(), BenchStage(),
+            ReportStage()]
+
+
+def run_identity(recipe: Recipe) -> str:
+    """What makes a run directory 'the same run': its data, teacher and seed.
+
+    Other recipe changes (epochs, targets, ...) rerun only the stages they affect.
+    """
+    raw = recipe_to_dict(recipe)
+    return sha256_json({"data": raw["data"], "teacher": raw["teacher"], "seed": raw["seed"]})
+
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe, *, overwrite: bool) -> None:
+    """Create or adopt ``run_dir``; refuse another run's (or a foreign) non-empty directory.
+
+    Raises:
+        RunDirError: the directory holds something else and ``overwrite`` was not given.
+    """
+    identity = run_identity(recipe)
+    owner = run_dir / "run.json"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"--out {run_dir}: exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        if not owner.is_file():
+            raise RunDirError(f"--out {run_dir}: directory is not empty and is not an edgecompress "
+                              "run directory (no run.json); choose an empty or new directory")
+        import json
+
+        try:
+            existing = json.loads(owner.read_text())
+        except (OSError, ValueError) as err:
+            raise RunDirError(f"{owner}: unreadable ({err}); pass --overwrite to start afresh") \
+                from None
+        if existing.get("identity") != identity:
+            if not overwrite:
+                raise RunDirError(
+                    f"--out {run_dir}: holds a different run (recipe "
+                    f"'{existing.get('recipe_name')}', other data/teacher/seed); pass --overwrite "
+                    "to replace it, or choose another directory")
+            logger.warning("replacing the different run in %s (--overwrite)", run_dir)
+            shutil.rmtree(run_dir)
+        elif overwrite:
+            logger.info("--overwrite: starting %s afresh", run_dir)
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not owner.is_file():
+        atomic_write_json(owner, {"tool": "edgecompress", "manifest_version": MANIFEST_VERSION,
+                                  "identity": identity, "recipe_name": recipe.name,
+                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                  "versions": library_versions()})
+
+
+def preflight(ctx: Context) -> None:
+    """Check every input before anything is written: data loads, models build and fit the data's
+    shape and classes, targets name known backends with supported settings.
+
+    Bad input therefore fails fast (exit 2) and leaves no run directory behind.
+    """
+    from edgecompress.backends import get_backend
+    from edgecompress.stages.common import build_student, build_teacher_arch
+
+    bundle = ctx.bundle
+    logger.info("data: %s, %d classes, input %s, train/val/test %d/%d/%d", bundle.name,
+                bundle.num_classes, bundle.input_shape, len(bundle.train.y), len(bundle.val.y),
+                len(bundle.test.y))
+    build_teacher_arch(ctx)
+    build_student(ctx)
+    for target in ctx.recipe.targets:
+        get_backend(target.backend).validate(target.precision, target.threads)
+
+
+class Pipeline:
+    """Runs stages in order inside one run directory, skipping those already up to date."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path, stages: list[Stage] | None = None):
+        self.recipe = recipe
+        self.run_dir = Path(run_dir).resolve()
+        self.stages = stages if stages is not None else default_stages()
+        self.names = [s.name for s in self.stages]
+
+    def _manifest_state(self, stage: Stage, ctx: Context) -> dict[str, Any]:
+        config_hash = sha256_json(stage.config(ctx))
+        inputs = {}
+        for key, path in stage.inputs(ctx).items():
+            if not Path(path).is_file():
+                inputs[key] = "missing"
+            else:
+                inputs[key] = sha256_file(path)
+        inputs.update(stage.extra_fingerprints(ctx))
+        return {"config_hash": config_hash, "inputs": inputs}
+
+    def _up_to_date(self, stage: Stage, ctx: Context, state: dict[str, Any]) -> bool:
+        path = self.run_dir / stage.name / "stage.json"
+        if not path.is_file():
+            return False
+        import json
+
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False
+        if previous.get("config_hash") != state["config_hash"]:
+            return False
+        if previous.get("inputs") != state["inputs"]:
+            return False
+        for rel, digest in previous.get("outputs", {}).values():
+            out = self.run_dir / rel
+            if not out.is_file() or sha256_file(out) != digest:
+                logger.warning("%s: output %s changed or is missing; rerunning", stage.name, rel)
+                return False
+        return True
+
+    def run(self, *, force: str | None = None, overwrite: bool = False) -> dict[str, Any]:
+        """Run every stage; returns {stage name: 'ran' | 'skipped'}.
+
+        Args:
+            force: rerun this stage and every later one even if up to date.
+            overwrite: replace a different run's directory.
+        """
+        if force is not None and force not in self.names:
+            raise ConfigError(f"--force {force}: unknown stage; stages are "
+                              f"{', '.join(self.names)}")
+        dist_info = init_distributed(self.recipe.device)
+        try:
+            ctx = Context(self.recipe, self.run_dir, dist_info)
+            preflight(ctx)
+            if dist_info.is_main:
+                prepare_run_dir(self.run_dir, self.recipe, overwrite=overwrite)
+                atomic_write_json(self.run_dir / "recipe.json", recipe_to_dict(self.recipe))
+            barrier()
+            return self._run_stages(ctx, force)
+        finally:
+            shutdown_distributed()
+
+    def _run_stages(self, ctx: Context, force: str | None) -> dict[str, Any]:
+        status: dict[str, Any] = {}
+        forcing = False
+        last_distributed = max((i for i, s in enumerate(self.stages) if s.distributed), default=-1)
+        for index, stage in enumerate(self.stages):
+            if not ctx.dist.is_main and index > last_distributed:
+                break  # only rank 0 exports, benchmarks and reports
+            forcing = forcing or stage.name == force
+            # Ranks > 0 leave after the last training stage: no collectives with them after it.
+            collective = index <= last_distributed
+            decision = None
+            if ctx.dist.is_main:
+                state = self._manifest_state(stage, ctx)
+                fresh = forcing or not self._up_to_date(stage, ctx, state)
+                decision = (fresh, state)
+            fresh, state = broadcast_object(decision) if collective else decision
+            if not fresh:
+                logger.info("[%s] up to date, skipped", stage.name)
+                status[stage.name] = "skipped"
+                continue
+            if not (stage.distributed or ctx.dist.is_main):
+                barrier()  # wait for rank 0 to finish this stage (matches its barrier below)
+                status[stage.name] = "ran"
+                continue
+            logger.info("[%s] running", stage.name)
+            start = time.perf_counter()
+            result = stage.run(ctx)
+            seconds = time.perf_counter() - start
+            if ctx.dist.is_main:
+                self._write_stage_manifest(stage, state, result, seconds)
+            if collective:
+                barrier()
+            status[stage.name] = "ran"
+            logger.info("[%s] done in %.1f s", stage.name, seconds)
+        return status
+
+    def _write_stage_manifest(self, stage: Stage, state: dict[str, Any], result,
+                              seconds: float) -> None:
+        outputs = {}
+        for key, path in result.outputs.items():
+            path = Path(path)
+            rel = path.relative_to(self.run_dir) if path.is_absolute() else path
+            outputs[key] = [str(rel), sha256_file(self.run_dir / rel)]
+        manifest = {"stage": stage.name, **state, "outputs": outputs,
+                    "versions": library_versions(), "seconds": round(seconds, 3),
+                    "metrics": result.metrics,
+                    "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        atomic_write_json(self.run_dir / stage.name / "stage.json", manifest)
+
+
+def read_stage_manifest(run_dir: Path, name: str) -> dict[str, Any]:
+    """The manifest a finished stage wrote (empty dict if it has none)."""
+    import json
+
+    path = Path(run_dir) / name / "stage.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

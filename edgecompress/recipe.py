@@ -1,0 +1,272 @@
+"""The recipe: a YAML file validated into strict, typed, versioned pydantic models.
+
+Every field has its default here and only here, and a description (shown by
+``edgecompress recipe-schema``). Unknown keys are rejected with the dotted path of the bad key, so a
+typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgecompress.errors import ConfigError
+
+RECIPE_VERSION = 1
+
+
+class _Strict(BaseModel):
+    """Base model: unknown keys are errors, values are validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the data comes from and how it is split."""
+
+    source: Literal["digits", "npz", "idx", "imagefolder"] = Field(
+        "digits", description="Dataset kind: built-in sklearn digits, an .npz file, a directory of "
+        "MNIST-format IDX files (optionally .gz), or an image folder (one subfolder per class).")
+    path: Path | None = Field(None, description="File or directory for npz/idx/imagefolder; "
+                              "relative paths resolve against the recipe's directory.")
+    npz_keys: tuple[str, str] = Field(("x", "y"), description="Array keys of inputs and labels in "
+                                      "an .npz (x_train/y_train/x_test/y_test are also "
+                                      "recognised).")
+    image_size: tuple[int, int] | None = Field(None, description="(H, W) to resize image-folder "
+                                               "images to.")
+    grayscale: bool = Field(False, description="Load image-folder images as one channel.")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Fraction held out for early "
+                                "stopping / model selection.")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Fraction held out for the final "
+                                 "accuracy numbers (ignored when the data has its own test split).")
+    limit: int | None = Field(None, gt=0, description="Use at most this many samples (stratified), "
+                              "for quick experiments.")
+    calibration_samples: int = Field(256, gt=0, description="Size of the stratified calibration "
+                                     "subset sampled from the train split and saved in the run.")
+
+
+class ModelSpec(_Strict):
+    """How to obtain a model: a built-in family member, a factory, TorchScript or torch.export."""
+
+    kind: Literal["builtin", "factory", "torchscript", "export"] = Field(
+        "builtin", description="builtin: a member of the built-in CNN family; factory: "
+        "'module:callable' (+ optional weights); torchscript: a TorchScript file; export: a "
+        "torch.export .pt2 file.")
+    family: Literal["resnet", "mobilenet"] = Field("resnet", description="Built-in family.")
+    width: float = Field(1.0, gt=0, le=8, description="Channel multiplier of the built-in family.")
+    depth: int = Field(1, ge=1, le=8, description="Blocks per stage of the built-in family.")
+    factory: str | None = Field(None, description="'package.module:callable' or "
+                                "'path/to/file.py:callable' returning an nn.Module.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the "
+                                   "factory.")
+    weights: Path | None = Field(None, description="State dict (.pt/.pth loaded with "
+                                 "weights_only=True, or .safetensors) applied after building.")
+    path: Path | None = Field(None, description="TorchScript or .pt2 file for those kinds.")
+    trust_pickle: bool = Field(False, description="Allow a .pt checkpoint to run pickled code. "
+                               "Only "
+                               "for files you trust.")
+
+    @model_validator(mode="after")
+    def _needs(self) -> ModelSpec:
+        if self.kind == "factory" and not self.factory:
+            raise ValueError("kind 'factory' needs 'factory: module:callable'")
+        if self.kind in ("torchscript", "export") and self.path is None:
+            raise ValueError(f"kind '{self.kind}' needs 'path'")
+        return self
+
+
+class FinetuneConfig(_Strict):
+    """Adapt the given (pretrained or initialised) model into the teacher for this task."""
+
+    enabled: bool = Field(True, description="Run the stage (off: the teacher is used as given).")
+    epochs: int = Field(30, ge=1, description="Maximum epochs.")
+    lr: float = Field(3e-3, gt=0, description="AdamW learning rate (keep it low for pretrained "
+                      "backbones).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(64, ge=1, description="Per-process batch size.")
+    head: str | None = Field(None, description="Dotted name of the classifier layer; default: the "
+                             "last nn.Linear. Replaced when its class count differs from the data.")
+    freeze_backbone: bool = Field(False, description="Train only the head at first.")
+    unfreeze_every: int | None = Field(None, ge=1, description="With freeze_backbone: unfreeze one "
+                                       "more top-level block (from the top) every N epochs.")
+    patience: int = Field(6, ge=1, description="Early stopping: epochs without validation "
+                          "improvement before stopping; the best checkpoint is kept.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+
+
+class FeatureMatch(_Strict):
+    """One intermediate-feature distillation pair."""
+
+    teacher: str = Field(description="Dotted module name in the teacher (its output is matched).")
+    student: str = Field(description="Dotted module name in the student.")
+    weight: float = Field(1.0, ge=0, description="Weight of this MSE term.")
+
+
+class DistillConfig(_Strict):
+    """Knowledge distillation from the frozen teacher into the student."""
+
+    enabled: bool = Field(True, description="Run the stage.")
+    epochs: int = Field(40, ge=1, description="Maximum epochs.")
+    lr: float = Field(5e-3, gt=0, description="AdamW learning rate (cosine schedule).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(64, ge=1, description="Per-process batch size.")
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the KD term.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the KD term; (1 - alpha) weights "
+                         "the hard-label cross-entropy.")
+    features: list[FeatureMatch] = Field(default_factory=list, description="Optional "
+                                         "intermediate-feature matching through learned 1x1 "
+                                         "projections (MSE).")
+    patience: int = Field(10, ge=1, description="Early stopping patience in epochs (best "
+                          "validation checkpoint kept).")
+    baseline: bool = Field(True, description="Also train the same student on hard labels only with "
+                           "the same budget, as the baseline distillation must beat.")
+
+
+class PruneConfig(_Strict):
+    """Structured pruning (arrives with the pruning/QAT change; must stay disabled for now)."""
+
+    enabled: Literal[False] = Field(False, description="Not available in this version.")
+
+
+class QatConfig(_Strict):
+    """INT8 quantization-aware training (arrives with the pruning/QAT change)."""
+
+    enabled: Literal[False] = Field(False, description="Not available in this version.")
+
+
+class ExportConfig(_Strict):
+    """ONNX export and its acceptance check."""
+
+    opset: int = Field(18, ge=18, le=23,
+                       description="ONNX opset (the dynamo exporter needs >= 18).")
+    dynamic_batch: bool = Field(True, description="Export with a dynamic batch dimension.")
+    atol: float = Field(1e-3, gt=0, description="Max abs logit difference accepted vs PyTorch.")
+    min_top1_agreement: float = Field(0.99, ge=0, le=1, description="Min top-1 agreement with "
+                                      "PyTorch on the test split.")
+
+
+class StagesConfig(_Strict):
+    """Per-stage settings; stages run in this order."""
+
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    qat: QatConfig = Field(default_factory=QatConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+
+class TargetConfig(_Strict):
+    """One deployment target: which backend builds and runs the engine, and how it is timed."""
+
+    name: str = Field(description="Target name, used for the engine directory and in the report.")
+    backend: str = Field("onnxruntime", description="Registered backend name.")
+    precision: str = Field("fp32", description="Engine precision (must be supported by the "
+                           "backend).")
+    threads: int = Field(1, ge=1, description="Intra-op threads for the benchmark.")
+    batch_size: int = Field(1, ge=1, description="Batch size of the latency measurement.")
+    warmup: int = Field(20, ge=0, description="Untimed warm-up runs.")
+    runs: int = Field(200, ge=50, description="Timed runs (>= 50).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or not all(ch.isalnum() or ch in "-_." for ch in value) or value[0] == ".":
+            raise ValueError("use letters, digits, '-', '_' and '.' only")
+        return value
+
+
+class GateConfig(_Strict):
+    """Thresholds that fail the run (exit 1) when exceeded; the report is written either way."""
+
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Max accuracy drop of any "
+                                            "target vs the teacher, in percentage points.")
+
+
+class Recipe(_Strict):
+    """A whole compression recipe."""
+
+    version: Literal[1] = Field(RECIPE_VERSION, description="Recipe schema version.")
+    name: str = Field("recipe", description="A name for the run (shown in the report).")
+    seed: int = Field(0, description="Seed for data splits, initialisation and training.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device; auto "
+                                                   "uses CUDA when present.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: ModelSpec = Field(default_factory=lambda: ModelSpec(width=1.0, depth=2))
+    student: ModelSpec = Field(default_factory=lambda: ModelSpec(width=0.25, depth=1))
+    stages: StagesConfig = Field(default_factory=StagesConfig)
+    targets: list[TargetConfig] = Field(
+        default_factory=lambda: [TargetConfig(name="x86-avx512")],
+        description="Deployment targets; each gets an engine and a benchmark.")
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    @field_validator("targets")
+    @classmethod
+    def _unique_targets(cls, value: list[TargetConfig]) -> list[TargetConfig]:
+        names = [t.name for t in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate target names: {', '.join(dupes)}")
+        return value
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid recipe"]
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _resolve_paths(recipe: Recipe, base: Path) -> Recipe:
+    """Make relative file paths in the recipe relative to the recipe file, not the cwd."""
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p).resolve()
+
+    recipe.data.path = fix(recipe.data.path)
+    for spec in (recipe.teacher, recipe.student):
+        spec.weights = fix(spec.weights)
+        spec.path = fix(spec.path)
+    return recipe
+
+
+def parse_recipe(raw: Any, *, source: str = "<recipe>", base_dir: Path | None = None) -> Recipe:
+    """Validate a parsed YAML/JSON mapping into a :class:`Recipe`.
+
+    Raises:
+        ConfigError: naming ``source`` and the dotted path of every bad key.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping, got {type(raw).__name__}")
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    return _resolve_paths(recipe, base_dir or Path.cwd())
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe YAML file (relative paths resolve against its directory)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    recipe = parse_recipe(raw, source=str(path), base_dir=path.resolve().parent)
+    if recipe.name == "recipe":
+        recipe.name = path.stem
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:
+    """JSON-ready dict of the resolved recipe (paths as strings)."""
+    return recipe.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""Pipeline stages: data, finetune, distill, export, bench, report (pruning and QAT come later)."""

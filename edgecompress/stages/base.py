@@ -1,0 +1,80 @@
+"""The contract every stage shares: a name, the recipe part it depends on, its input artifacts, and
+``run(context) -> StageResult`` listing the artifacts it wrote.
+
+The pipeline hashes ``config`` + input files to decide whether a stage can be skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgecompress.distributed import DistInfo
+from edgecompress.recipe import Recipe
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageResult:
+    """Artifacts a stage wrote (name -> path inside the run directory) and its metrics."""
+
+    outputs: dict[str, Path] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Context:
+    """What a stage can see: the recipe, the run directory, the process group, the dataset."""
+
+    def __init__(self, recipe: Recipe, run_dir: Path, dist_info: DistInfo) -> None:
+        self.recipe = recipe
+        self.run_dir = run_dir
+        self.dist = dist_info
+        self._bundle = None
+
+    def stage_dir(self, name: str) -> Path:
+        """The directory of stage ``name`` (created on demand)."""
+        path = self.run_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def bundle(self):  # -> DatasetBundle (import kept lazy: the data extra is optional)
+        """The dataset, loaded once per process from the recipe's data section."""
+        if self._bundle is None:
+            from edgecompress.data import load_dataset
+
+            cfg = self.recipe.data
+            self._bundle = load_dataset(
+                cfg.source, cfg.path, val_fraction=cfg.val_fraction,
+                test_fraction=cfg.test_fraction, seed=self.recipe.seed,
+                image_size=cfg.image_size, grayscale=cfg.grayscale, npz_keys=cfg.npz_keys,
+                limit=cfg.limit)
+        return self._bundle
+
+
+class Stage(ABC):
+    """One step of the pipeline."""
+
+    name: ClassVar[str]
+    #: Whether every torchrun rank runs this stage (training stages); others run on rank 0 only.
+    distributed: ClassVar[bool] = False
+
+    @abstractmethod
+    def config(self, ctx: Context) -> dict[str, Any]:
+        """The part of the recipe this stage's outputs depend on (hashed for resume)."""
+
+    def inputs(self, ctx: Context) -> dict[str, Path]:
+        """Artifacts of earlier stages (and user files) this stage reads (hashed for resume)."""
+        return {}
+
+    def extra_fingerprints(self, ctx: Context) -> dict[str, str]:
+        """Other content hashes the outputs depend on (e.g. the dataset fingerprint)."""
+        return {}
+
+    @abstractmethod
+    def run(self, ctx: Context) -> StageResult:
+        """Do the work; write outputs atomically (rank 0 only) and return them."""

@@ -1,0 +1,104 @@
+"""bench stage: per target, build the student's and the teacher's engines with the target's backend
+and measure accuracy, parity and latency for both on this machine, in the same run.
+
+Timing the teacher next to the student on the same machine and runtime is what makes the speedup
+number honest; absolute milliseconds from another day or machine are not comparable.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from edgecompress.io import atomic_write_json
+from edgecompress.recipe import TargetConfig, recipe_to_dict
+from edgecompress.stages.base import Context, Stage, StageResult
+from edgecompress.stages.common import build_student, load_state
+from edgecompress.training import predict_logits
+
+logger = logging.getLogger(__name__)
+
+
+class BenchStage(Stage):
+    """Produces ``engines/<target>/...`` and ``bench/results.json``."""
+
+    name = "bench"
+
+    def config(self, ctx: Context) -> dict[str, Any]:
+        return {"targets": recipe_to_dict(ctx.recipe)["targets"]}
+
+    def inputs(self, ctx: Context) -> dict[str, Any]:
+        return {"student_onnx": ctx.run_dir / "export" / "student.onnx",
+                "teacher_onnx": ctx.run_dir / "export" / "teacher.onnx",
+                "student": ctx.run_dir / "distill" / "student.pt"}
+
+    def run(self, ctx: Context) -> StageResult:
+        bundle = ctx.bundle
+        student = load_state(build_student(ctx), ctx.run_dir / "distill" / "student.pt")
+        reference = predict_logits(student, bundle.test.x, ctx.dist.device)
+        results, outputs = [], {}
+        for target in ctx.recipe.targets:
+            entry = bench_target(ctx, target, reference)
+            results.append(entry)
+            for key in ("artifact", "teacher_artifact"):
+                if entry.get(key):
+                    outputs[f"{target.name}:{key}"] = ctx.run_dir / entry[key]
+        path = ctx.stage_dir(self.name) / "results.json"
+        atomic_write_json(path, {"targets": results})
+        outputs["results"] = path
+        return StageResult(outputs=outputs, metrics={
+            t["name"]: t["status"] for t in results})
+
+
+def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[str, Any]:
+    """Build, run and time one target for the student and the teacher; never raises for a
+    missing runtime (the entry says ``skipped`` and why)."""
+    from edgecompress.backends import get_backend
+    from edgecompress.bench import benchmark_runner
+    from edgecompress.export import compare_logits
+
+    backend = get_backend(target.backend)
+    backend.validate(target.precision, target.threads)
+    entry: dict[str, Any] = {"name": target.name, "backend": target.backend,
+                             "precision": target.precision, "threads": target.threads}
+    ok, reason = backend.availability()
+    if not ok:
+        logger.warning("%s: skipped: %s", target.name, reason)
+        return {**entry, "status": "skipped", "reason": reason}
+    bundle = ctx.bundle
+    engine_dir = ctx.run_dir / "engines" / target.name
+    export_dir = ctx.run_dir / "export"
+    student_art = backend.build(export_dir / "student.onnx", engine_dir,
+                                precision=target.precision)
+    teacher_art = backend.build(export_dir / "teacher.onnx", engine_dir / "teacher",
+                                precision="fp32")
+    measured = {}
+    for role, artifact in (("teacher", teacher_art), ("student", student_art)):
+        runner = backend.load(artifact, threads=target.threads)
+        try:
+            measured[role] = benchmark_runner(runner, bundle.test.x, bundle.test.y,
+                                              warmup=target.warmup, runs=target.runs,
+                                              batch_size=target.batch_size)
+        finally:
+            runner.close()
+        logger.info("%s %s: accuracy %.4f, p50 %.4f ms", target.name, role,
+                    measured[role]["accuracy"], measured[role]["latency_ms"]["p50"])
+    parity = compare_logits(reference_logits, measured["student"]["logits"])
+    s_lat, t_lat = measured["student"]["latency_ms"], measured["teacher"]["latency_ms"]
+    return {
+        **entry, "status": "ok", "reason": "",
+        "artifact": _rel(ctx, student_art), "size_bytes": Path(student_art).stat().st_size,
+        "teacher_artifact": _rel(ctx, teacher_art),
+        "teacher_size_bytes": Path(teacher_art).stat().st_size,
+        "accuracy": measured["student"]["accuracy"],
+        "teacher_accuracy": measured["teacher"]["accuracy"],
+        "latency_ms": s_lat, "teacher_latency_ms": t_lat,
+        "speedup_vs_teacher": t_lat["p50"] / s_lat["p50"] if s_lat["p50"] > 0 else None,
+        "parity": {"top1_agreement": parity.top1_agreement,
+                   "max_abs_diff": parity.max_abs_diff},
+    }
+
+
+def _rel(ctx: Context, path: str | Path) -> str:
+    return str(Path(path).resolve().relative_to(ctx.run_dir.resolve()))

@@ -1,0 +1,72 @@
+"""Helpers shared by stages: building models from the recipe and saving/loading their weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgecompress.errors import ModelError
+from edgecompress.io import atomic_path
+from edgecompress.recipe import ModelSpec
+from edgecompress.stages.base import Context
+
+
+def build_from_spec(spec: ModelSpec, ctx: Context, role: str) -> nn.Module:
+    """Instantiate the model a recipe section describes, for this dataset's shape and classes."""
+    from edgecompress.models import load_model
+
+    bundle = ctx.bundle
+    return load_model(spec.kind, family=spec.family, width=spec.width, depth=spec.depth,
+                      factory=spec.factory, kwargs=dict(spec.kwargs), weights=spec.weights,
+                      path=spec.path, trust_pickle=spec.trust_pickle,
+                      num_classes=bundle.num_classes, in_channels=bundle.input_shape[0], role=role)
+
+
+def build_teacher_arch(ctx: Context) -> tuple[nn.Module, str]:
+    """The teacher as given, with its head replaced when its class count differs from the data.
+
+    Returns the model and the dotted name of its head.
+    """
+    from edgecompress.models import check_model_io, replace_head
+
+    model = build_from_spec(ctx.recipe.teacher, ctx, "teacher")
+    check_model_io(model, ctx.bundle.input_shape, None, role="teacher")
+    head = replace_head(model, ctx.bundle.num_classes, ctx.recipe.stages.finetune.head)
+    check_model_io(model, ctx.bundle.input_shape, ctx.bundle.num_classes, role="teacher")
+    return model, head
+
+
+def build_student(ctx: Context) -> nn.Module:
+    """A freshly initialised student (seeded, so the distilled and baseline runs start equal)."""
+    from edgecompress.models import check_model_io
+
+    torch.manual_seed(ctx.recipe.seed)
+    model = build_from_spec(ctx.recipe.student, ctx, "student")
+    check_model_io(model, ctx.bundle.input_shape, ctx.bundle.num_classes, role="student")
+    return model
+
+
+def save_state(model: nn.Module, path: Path) -> Path:
+    """Save a state dict atomically (plain tensors: reloadable with weights_only=True)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    return path
+
+
+def load_state(model: nn.Module, path: Path) -> nn.Module:
+    """Load weights this run saved earlier (never executes pickled code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # noqa: BLE001 - any failure means the artifact is unusable
+        raise ModelError(f"{path}: cannot load saved weights: {err}") from None
+    return model.eval()
+
+
+def load_teacher(ctx: Context) -> nn.Module:
+    """The teacher the finetune stage produced."""
+    model, _ = build_teacher_arch(ctx)
+    return load_state(model, ctx.run_dir / "finetune" / "teacher.pt")

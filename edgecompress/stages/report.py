@@ -1,0 +1,94 @@
+"""report stage: assemble report.json / report.md from the stage manifests and judge the gate."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+
+from edgecompress.errors import BackendUnavailable
+from edgecompress.io import atomic_write_json, atomic_write_text
+from edgecompress.pipeline import library_versions, read_stage_manifest
+from edgecompress.recipe import recipe_to_dict
+from edgecompress.report import (
+    SCHEMA_VERSION,
+    accuracy_drop_pp,
+    cpu_description,
+    judge,
+    render_markdown,
+)
+from edgecompress.stages.base import Context, Stage, StageResult
+from edgecompress.stages.common import build_student, load_teacher
+
+
+class ReportStage(Stage):
+    """Produces ``report.json`` and ``report.md`` at the top of the run directory."""
+
+    name = "report"
+
+    def config(self, ctx: Context) -> dict[str, Any]:
+        return {"recipe": recipe_to_dict(ctx.recipe), "schema_version": SCHEMA_VERSION}
+
+    def inputs(self, ctx: Context) -> dict[str, Any]:
+        return {name: ctx.run_dir / name / "stage.json"
+                for name in ("data", "finetune", "distill", "export", "bench")}
+
+    def run(self, ctx: Context) -> StageResult:
+        report = build_report(ctx)
+        json_path, md_path = ctx.run_dir / "report.json", ctx.run_dir / "report.md"
+        atomic_write_json(json_path, report)
+        atomic_write_text(md_path, render_markdown(report))
+        if not any(t["status"] == "ok" for t in report["targets"]):
+            reasons = "; ".join(f"{t['name']}: {t.get('reason')}" for t in report["targets"])
+            raise BackendUnavailable(f"no target could run on this machine ({reasons}); "
+                                     f"report written to {json_path}")
+        return StageResult(outputs={"report": json_path, "report_md": md_path},
+                           metrics={"gate_passed": report["gate"]["passed"]})
+
+
+def build_report(ctx: Context) -> dict[str, Any]:
+    """The schema-1 report document for a finished run."""
+    from edgecompress.models import count_macs, count_params
+
+    run_dir, bundle = ctx.run_dir, ctx.bundle
+    finetune = read_stage_manifest(run_dir, "finetune")["metrics"]
+    distill = read_stage_manifest(run_dir, "distill")["metrics"]
+    export = read_stage_manifest(run_dir, "export")["metrics"]
+    bench = json.loads((run_dir / "bench" / "results.json").read_text())
+    teacher = load_teacher(ctx)
+    student = build_student(ctx)
+    shape = bundle.input_shape
+    teacher_acc = finetune["test_accuracy"]
+    targets = []
+    for entry in bench["targets"]:
+        entry = dict(entry)
+        if entry["status"] == "ok":
+            entry["accuracy_drop"] = accuracy_drop_pp(entry["teacher_accuracy"], entry["accuracy"])
+        targets.append(entry)
+    baseline = distill.get("baseline", {}).get("test_accuracy")
+    stages = []
+    for name in ("data", "finetune", "distill", "export", "bench"):
+        manifest = read_stage_manifest(run_dir, name)
+        metrics = {k: v for k, v in manifest.get("metrics", {}).items() if k != "history"}
+        stages.append({"name": name, "seconds": manifest.get("seconds"), "metrics": metrics})
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "recipe": recipe_to_dict(ctx.recipe),
+        "environment": {"python": library_versions()["python"],
+                        "packages": library_versions(), "cpu": cpu_description(),
+                        "threads": torch.get_num_threads()},
+        "dataset": {"name": bundle.name, "eval_samples": int(len(bundle.test.y)),
+                    "num_classes": bundle.num_classes, "input_shape": list(shape)},
+        "teacher": {"accuracy": teacher_acc, "params": count_params(teacher),
+                    "macs": count_macs(teacher, shape),
+                    "size_bytes": export["teacher"]["size_bytes"]},
+        "student": {"accuracy_fp32": distill["student"]["test_accuracy"],
+                    "params": count_params(student), "macs": count_macs(student, shape),
+                    "size_bytes": export["student"]["size_bytes"],
+                    "baseline_accuracy_fp32": baseline,
+                    "distillation_gain_pp": distill.get("distillation_gain_pp")},
+        "stages": stages,
+        "targets": targets,
+        "gate": judge(targets, max_accuracy_drop=ctx.recipe.gate.max_accuracy_drop),
+    }

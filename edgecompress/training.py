@@ -1,0 +1,160 @@
+"""The one supervised training loop used by fine-tuning and distillation.
+
+It keeps data in memory (our datasets are arrays), shards each epoch's permutation across ranks
+when run under torchrun (DDP), selects the best epoch on the validation split (early stopping),
+and shows a progress bar per epoch on an interactive terminal only (quiet in CI, on other ranks).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from edgecompress.distributed import DistInfo, all_reduce_mean
+
+logger = logging.getLogger(__name__)
+
+# A loss function gets (trainable module, inputs, labels, sample indices) and returns the loss.
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def progress_enabled() -> bool:
+    """Progress bars only on an interactive terminal and never in CI."""
+    if os.environ.get("CI") or os.environ.get("EDGECOMPRESS_QUIET"):
+        return False
+    return sys.stderr.isatty()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, device: torch.device,
+                   batch_size: int = 512) -> np.ndarray:
+    """Logits of ``model`` (in eval mode, restored afterwards) on all of ``x``."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for start in range(0, len(x), batch_size):
+        xb = torch.from_numpy(x[start:start + batch_size]).to(device)
+        outs.append(model(xb).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device) -> float:
+    """Top-1 accuracy in [0, 1]."""
+    logits = predict_logits(model, x, device)
+    return float((logits.argmax(1) == y).mean()) if len(y) else 0.0
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced: the best weights and how it got there."""
+
+    best_state: dict[str, torch.Tensor]
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train(model: nn.Module, trainable: nn.Module, loss_fn: LossFn, *,
+          x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+          epochs: int, lr: float, weight_decay: float, batch_size: int, patience: int,
+          seed: int, dist_info: DistInfo, desc: str,
+          on_epoch_start: Callable[[int], None] | None = None) -> TrainResult:
+    """Train ``trainable`` (which contains ``model``) with AdamW + cosine LR and early stopping.
+
+    Args:
+        model: the classifier whose validation accuracy selects the best epoch and whose
+            ``state_dict`` is returned.
+        trainable: the module holding every trained parameter (``model`` plus e.g. feature
+            projections); wrapped in DistributedDataParallel when running under torchrun.
+        loss_fn: computes the batch loss from the (possibly DDP-wrapped) ``trainable``.
+        on_epoch_start: called with the epoch index before each epoch (layer-wise unfreezing).
+    """
+    device = dist_info.device
+    trainable.to(device)
+    wrapped: nn.Module = trainable
+    params = [p for p in trainable.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    n = len(x_train)
+    per_rank = n // dist_info.world_size
+    steps_per_epoch = max(1, math.ceil(per_rank / batch_size))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
+    x_all = torch.from_numpy(x_train)
+    y_all = torch.from_numpy(y_train)
+    best = TrainResult(best_state=copy.deepcopy(model.state_dict()), best_val_accuracy=-1.0,
+                       best_epoch=-1, epochs_run=0)
+    show = progress_enabled() and dist_info.is_main
+    bad_epochs = 0
+    for epoch in range(epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        if dist_info.distributed and (epoch == 0 or on_epoch_start is not None):
+            # DDP syncs only the parameters that require grad when it is built, so rebuild it
+            # whenever on_epoch_start may have unfrozen some (cheap: it broadcasts from rank 0).
+            wrapped = nn.parallel.DistributedDataParallel(
+                trainable, device_ids=[device.index] if device.type == "cuda" else None)
+        # Same permutation on every rank (seeded by epoch), each rank takes its own stride.
+        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        perm = torch.randperm(n, generator=gen)[: per_rank * dist_info.world_size]
+        mine = perm[dist_info.rank::dist_info.world_size]
+        trainable.train()
+        total, count = 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
+                   disable=not show, unit="batch")
+        for step in bar:
+            idx = mine[step * batch_size:(step + 1) * batch_size]
+            if len(idx) == 0:
+                continue
+            xb, yb = x_all[idx].to(device), y_all[idx].to(device)
+            loss = loss_fn(wrapped, xb, yb, idx)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+        bar.close()
+        train_loss = all_reduce_mean(total / max(count, 1), device)
+        val_acc = all_reduce_mean(accuracy(model, x_val, y_val, device), device)
+        best.history.append({"epoch": epoch + 1, "train_loss": train_loss,
+                             "val_accuracy": val_acc})
+        best.epochs_run = epoch + 1
+        if dist_info.is_main:
+            logger.info("%s epoch %d/%d: loss %.4f, val acc %.4f", desc, epoch + 1, epochs,
+                        train_loss, val_acc)
+        if val_acc > best.best_val_accuracy:
+            best.best_val_accuracy = val_acc
+            best.best_epoch = epoch + 1
+            best.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+            if bad_epochs >= patience:
+                if dist_info.is_main:
+                    logger.info("%s: early stop after epoch %d (best %d, val acc %.4f)", desc,
+                                epoch + 1, best.best_epoch, best.best_val_accuracy)
+                break
+    model.load_state_dict(best.best_state)
+    return best

@@ -1,0 +1,142 @@
+"""Tests for edgecompress.backends: registry, lazy runtime imports, ORT build/load/run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgecompress.backends import (
+    BACKENDS,
+    Capabilities,
+    available_backends,
+    get_backend,
+)
+from edgecompress.errors import BackendUnavailable, ConfigError
+from edgecompress.export import compare_logits, export_onnx
+
+
+def tiny_classifier() -> nn.Sequential:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    model = tiny_classifier()
+    path = export_onnx(model, torch.randn(2, 1, 8, 8),
+                       tmp_path_factory.mktemp("src") / "exported.onnx")
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def inputs() -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((9, 1, 8, 8)).astype(np.float32)
+
+
+def torch_logits(model: nn.Module, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def test_unknown_backend_lists_known() -> None:
+    with pytest.raises(ConfigError, match="onnxruntime") as info:
+        get_backend("tensorrt-9000")
+    assert "tensorrt-9000" in str(info.value)
+
+
+def test_registry_contents() -> None:
+    assert "onnxruntime" in BACKENDS
+    backend = get_backend("onnxruntime")
+    assert backend.name == "onnxruntime"
+    assert backend.extra == "onnx"
+    assert isinstance(backend.capabilities, Capabilities)
+    assert backend.capabilities.precisions == ("fp32",)
+    assert available_backends()["onnxruntime"] == (True, "")
+
+
+def test_validate_rejects_bad_precision_and_threads() -> None:
+    backend = get_backend("onnxruntime")
+    with pytest.raises(ConfigError) as info:
+        backend.validate("int4", 1)
+    assert "onnxruntime" in str(info.value)
+    assert "int4" in str(info.value)
+    assert "fp32" in str(info.value)
+    with pytest.raises(ConfigError, match="threads 0"):
+        backend.validate("fp32", 0)
+    backend.validate("fp32", 4)
+
+
+def test_build_rejects_unsupported_precision_and_options(
+        exported: tuple[nn.Module, Path], tmp_path: Path) -> None:
+    backend = get_backend("onnxruntime")
+    with pytest.raises(ConfigError, match="int8"):
+        backend.build(exported[1], tmp_path, precision="int8")
+    with pytest.raises(ConfigError, match="bogus"):
+        backend.build(exported[1], tmp_path, precision="fp32", bogus=1)
+    assert not any(tmp_path.iterdir())
+
+
+def test_ort_build_load_run(exported: tuple[nn.Module, Path], inputs: np.ndarray,
+                            tmp_path: Path) -> None:
+    model, source = exported
+    backend = get_backend("onnxruntime")
+    artifact = backend.build(source, tmp_path / "engine", precision="fp32")
+    assert artifact == tmp_path / "engine" / "model.onnx"
+    assert sorted(p.name for p in artifact.parent.iterdir()) == [
+        "model.onnx", "model.optimized.onnx"]
+    assert artifact.read_bytes() == source.read_bytes()
+    with backend.load(artifact, threads=2) as runner:
+        assert runner.threads == 2
+        assert runner.input_name == "input"
+        assert runner.session.get_session_options().intra_op_num_threads == 2
+        out = runner.run(inputs.astype(np.float64))  # runner casts to float32
+    np.testing.assert_allclose(out, torch_logits(model, inputs), atol=1e-4)
+
+
+def test_missing_runtime_is_backend_unavailable(monkeypatch: pytest.MonkeyPatch,
+                                                exported: tuple[nn.Module, Path]) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    backend = get_backend("onnxruntime")
+    ok, reason = backend.availability()
+    assert not ok and "edgecompress[onnx]" in reason
+    with pytest.raises(BackendUnavailable, match=r"pip install 'edgecompress\[onnx\]'") as info:
+        backend.load(exported[1])
+    assert info.value.exit_code == 3
+
+
+def test_import_does_not_load_runtimes() -> None:
+    code = (
+        "import sys, edgecompress.backends as b; "
+        "b.get_backend('onnxruntime').validate('fp32', 2); "
+        "assert 'onnxruntime' not in sys.modules, 'onnxruntime imported'; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_every_available_backend_matches_pytorch(
+        name: str, exported: tuple[nn.Module, Path], inputs: np.ndarray,
+        tmp_path: Path) -> None:
+    backend = get_backend(name)
+    ok, reason = backend.availability()
+    if not ok:
+        pytest.skip(f"{name} unavailable: {reason}")
+    model, source = exported
+    artifact = backend.build(source, tmp_path, precision="fp32")
+    with backend.load(artifact, threads=1) as runner:
+        candidate = np.concatenate([runner.run(inputs[:1]), runner.run(inputs[1:])])
+    result = compare_logits(torch_logits(model, inputs), candidate)
+    assert result.max_abs_diff <= 1e-3
+    assert result.top1_agreement == 1.0

@@ -95,6 +95,8 @@ class FinetuneConfig(_Strict):
     patience: int = Field(6, ge=1, description="Early stopping: epochs without validation "
                           "improvement before stopping; the best checkpoint is kept.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Cross-entropy label smoothing.")
+    augment: Literal["none", "shift"] = Field("none", description="Batch augmentation: random "
+                                              "translations of up to 1/8 of the image size.")
 
 
 class FeatureMatch(_Strict):
@@ -121,6 +123,9 @@ class DistillConfig(_Strict):
                                          "projections (MSE).")
     patience: int = Field(10, ge=1, description="Early stopping patience in epochs (best "
                           "validation checkpoint kept).")
+    augment: Literal["none", "shift", "mixup", "shift+mixup"] = Field(
+        "none", description="Batch augmentation; teacher and student see the same augmented "
+        "inputs (function matching), the baseline gets the same augmentation.")
     baseline: bool = Field(True, description="Also train the same student on hard labels only with "
                            "the same budget, as the baseline distillation must beat.")
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgecompress.recipe import recipe_to_dict
+from edgecompress.stages.augment import mixup, random_shift
 from edgecompress.stages.base import Context, Stage, StageResult
 from edgecompress.stages.common import build_student, load_teacher, save_state
 from edgecompress.stages.losses import (
@@ -121,6 +122,10 @@ class DistillStage(Stage):
         trainable = StudentWithProjections(student, projections)
 
         def loss_fn(module: nn.Module, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor):
+            aug = cfg.augment
+            if aug != "none":
+                return augmented_loss(module, teacher if alpha > 0 else None, xb, yb, aug,
+                                      alpha=alpha, temperature=cfg.temperature)
             logits = module(xb)
             if features:
                 with torch.no_grad():
@@ -147,3 +152,24 @@ class DistillStage(Stage):
                 if taps is not None:
                     taps.remove()
 
+
+
+def augmented_loss(module: nn.Module, teacher: nn.Module | None, xb: torch.Tensor,
+                   yb: torch.Tensor, augment: str, *, alpha: float,
+                   temperature: float) -> torch.Tensor:
+    """Distillation (or hard-label) loss on an augmented batch the teacher labels afresh."""
+    if "shift" in augment:
+        xb = random_shift(xb)
+    perm, lam = None, 1.0
+    if "mixup" in augment:
+        xb, perm, lam = mixup(xb)
+    logits = module(xb)
+    t_logits = None
+    if teacher is not None:
+        with torch.no_grad():
+            t_logits = teacher(xb)
+    loss = distillation_loss(logits, t_logits, yb, alpha=alpha, temperature=temperature)
+    if perm is not None:
+        loss = lam * loss + (1 - lam) * distillation_loss(
+            logits, t_logits, yb[perm], alpha=alpha, temperature=temperature)
+    return loss

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgecompress.recipe import recipe_to_dict
+from edgecompress.stages.augment import random_shift
 from edgecompress.stages.base import Context, Stage, StageResult
 from edgecompress.stages.common import build_teacher_arch, save_state
 from edgecompress.training import accuracy, seed_everything, train
@@ -59,6 +60,8 @@ class FinetuneStage(Stage):
                         p.requires_grad_(True)
 
             def loss_fn(module: nn.Module, xb, yb, _idx):
+                if cfg.augment == "shift":
+                    xb = random_shift(xb)
                 return F.cross_entropy(module(xb), yb, label_smoothing=cfg.label_smoothing)
 
             result = train(model, model, loss_fn, x_train=bundle.train.x, y_train=bundle.train.y,

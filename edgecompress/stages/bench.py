@@ -14,7 +14,7 @@ from typing import Any
 from edgecompress.io import atomic_write_json
 from edgecompress.recipe import TargetConfig, recipe_to_dict
 from edgecompress.stages.base import Context, Stage, StageResult
-from edgecompress.stages.common import build_student, load_state
+from edgecompress.stages.common import final_student_source, load_final_student
 from edgecompress.training import predict_logits
 
 logger = logging.getLogger(__name__)
@@ -31,11 +31,11 @@ class BenchStage(Stage):
     def inputs(self, ctx: Context) -> dict[str, Any]:
         return {"student_onnx": ctx.run_dir / "export" / "student.onnx",
                 "teacher_onnx": ctx.run_dir / "export" / "teacher.onnx",
-                "student": ctx.run_dir / "distill" / "student.pt"}
+                "student": final_student_source(ctx)}
 
     def run(self, ctx: Context) -> StageResult:
         bundle = ctx.bundle
-        student = load_state(build_student(ctx), ctx.run_dir / "distill" / "student.pt")
+        student = load_final_student(ctx)
         reference = predict_logits(student, bundle.test.x, ctx.dist.device)
         results, outputs = [], {}
         for target in ctx.recipe.targets:

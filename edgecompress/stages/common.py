@@ -70,3 +70,17 @@ def load_teacher(ctx: Context) -> nn.Module:
     """The teacher the finetune stage produced."""
     model, _ = build_teacher_arch(ctx)
     return load_state(model, ctx.run_dir / "finetune" / "teacher.pt")
+
+
+def final_student_source(ctx: Context) -> Path:
+    """The artifact holding the student that gets exported and benchmarked.
+
+    Today that is the distilled state dict; stages added after distillation (pruning, QAT) point
+    this at their own output, and export/bench/report follow without changes.
+    """
+    return ctx.run_dir / "distill" / "student.pt"
+
+
+def load_final_student(ctx: Context) -> nn.Module:
+    """The student that gets exported and benchmarked (see :func:`final_student_source`)."""
+    return load_state(build_student(ctx), final_student_source(ctx))

@@ -13,7 +13,7 @@ import torch
 
 from edgecompress.recipe import recipe_to_dict
 from edgecompress.stages.base import Context, Stage, StageResult
-from edgecompress.stages.common import build_student, load_state, load_teacher
+from edgecompress.stages.common import final_student_source, load_final_student, load_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class ExportStage(Stage):
 
     def inputs(self, ctx: Context) -> dict[str, Any]:
         return {"teacher": ctx.run_dir / "finetune" / "teacher.pt",
-                "student": ctx.run_dir / "distill" / "student.pt"}
+                "student": final_student_source(ctx)}
 
     def run(self, ctx: Context) -> StageResult:
         from edgecompress.export import check_parity, export_onnx
@@ -37,7 +37,7 @@ class ExportStage(Stage):
         bundle = ctx.bundle
         out = ctx.stage_dir(self.name)
         models = {
-            "student": load_state(build_student(ctx), ctx.run_dir / "distill" / "student.pt"),
+            "student": load_final_student(ctx),
             "teacher": load_teacher(ctx),
         }
         outputs, metrics = {}, {}

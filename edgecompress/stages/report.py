@@ -19,7 +19,7 @@ from edgecompress.report import (
     render_markdown,
 )
 from edgecompress.stages.base import Context, Stage, StageResult
-from edgecompress.stages.common import build_student, load_teacher
+from edgecompress.stages.common import load_final_student, load_teacher
 
 
 class ReportStage(Stage):
@@ -57,7 +57,7 @@ def build_report(ctx: Context) -> dict[str, Any]:
     export = read_stage_manifest(run_dir, "export")["metrics"]
     bench = json.loads((run_dir / "bench" / "results.json").read_text())
     teacher = load_teacher(ctx)
-    student = build_student(ctx)
+    student = load_final_student(ctx)
     shape = bundle.input_shape
     teacher_acc = finetune["test_accuracy"]
     targets = []

@@ -13,6 +13,12 @@ from edgecompress.recipe import ModelSpec
 from edgecompress.stages.base import Context
 
 
+def spec_files(spec: ModelSpec, role: str) -> dict[str, Path]:
+    """User files a model spec reads (weights, TorchScript/.pt2), keyed for stage input hashes."""
+    return {f"{role}_{key}": getattr(spec, key) for key in ("weights", "path")
+            if getattr(spec, key) is not None}
+
+
 def build_from_spec(spec: ModelSpec, ctx: Context, role: str) -> nn.Module:
     """Instantiate the model a recipe section describes, for this dataset's shape and classes."""
     from edgecompress.models import load_model

@@ -17,7 +17,7 @@ from torch import nn
 from edgecompress.recipe import recipe_to_dict
 from edgecompress.stages.augment import mixup, random_shift
 from edgecompress.stages.base import Context, Stage, StageResult
-from edgecompress.stages.common import build_student, load_teacher, save_state
+from edgecompress.stages.common import build_student, load_teacher, save_state, spec_files
 from edgecompress.stages.losses import (
     FeatureTaps,
     distillation_loss,
@@ -53,12 +53,8 @@ class DistillStage(Stage):
                 "seed": raw["seed"]}
 
     def inputs(self, ctx: Context) -> dict[str, Any]:
-        found = {"teacher": ctx.run_dir / "finetune" / "teacher.pt"}
-        for key in ("weights", "path"):
-            path = getattr(ctx.recipe.student, key)
-            if path is not None:
-                found[f"student_{key}"] = path
-        return found
+        return {"teacher": ctx.run_dir / "finetune" / "teacher.pt",
+                **spec_files(ctx.recipe.student, "student")}
 
     def run(self, ctx: Context) -> StageResult:
         cfg = ctx.recipe.stages.distill

@@ -17,7 +17,7 @@ from torch import nn
 from edgecompress.recipe import recipe_to_dict
 from edgecompress.stages.augment import random_shift
 from edgecompress.stages.base import Context, Stage, StageResult
-from edgecompress.stages.common import build_teacher_arch, save_state
+from edgecompress.stages.common import build_teacher_arch, save_state, spec_files
 from edgecompress.training import accuracy, seed_everything, train
 
 logger = logging.getLogger(__name__)
@@ -35,12 +35,8 @@ class FinetuneStage(Stage):
                 "seed": raw["seed"]}
 
     def inputs(self, ctx: Context) -> dict[str, Any]:
-        found = {"dataset": ctx.run_dir / "data" / "dataset.json"}
-        for key in ("weights", "path"):
-            path = getattr(ctx.recipe.teacher, key)
-            if path is not None:
-                found[f"teacher_{key}"] = path
-        return found
+        return {"dataset": ctx.run_dir / "data" / "dataset.json",
+                **spec_files(ctx.recipe.teacher, "teacher")}
 
     def run(self, ctx: Context) -> StageResult:
         cfg = ctx.recipe.stages.finetune

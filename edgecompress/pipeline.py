@@ -129,8 +129,13 @@ def preflight(ctx: Context) -> None:
     logger.info("data: %s, %d classes, input %s, train/val/test %d/%d/%d", bundle.name,
                 bundle.num_classes, bundle.input_shape, len(bundle.train.y), len(bundle.val.y),
                 len(bundle.test.y))
-    build_teacher_arch(ctx)
-    build_student(ctx)
+    teacher, _ = build_teacher_arch(ctx)
+    student = build_student(ctx)
+    from edgecompress.stages.losses import FeatureTaps
+
+    for feature in ctx.recipe.stages.distill.features:  # layer names exist (hooks removed again)
+        FeatureTaps(teacher, [feature.teacher], "teacher").remove()
+        FeatureTaps(student, [feature.student], "student").remove()
     for target in ctx.recipe.targets:
         get_backend(target.backend).validate(target.precision, target.threads)
 

@@ -161,7 +161,7 @@ def test_torchrun_two_processes(write_recipe, tmp_path):
     env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", "29517", "-m", "edgecompress", "run", str(recipe), "--out", str(out)],
+         "--standalone", "-m", "edgecompress", "run", str(recipe), "--out", str(out)],
         capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     distill = json.loads((out / "distill" / "stage.json").read_text())

@@ -106,6 +106,129 @@ def validate(recipe_path: Path) -> None:
     click.echo(yaml.safe_dump(recipe_to_dict(load_recipe(recipe_path)), sort_keys=False))
 
 
+_GATE_OPTIONS = (
+    ("--max-accuracy-drop", "max_accuracy_drop", float, "Max accuracy drop vs the teacher (pp)."),
+    ("--max-accuracy-drop-pct", "max_accuracy_drop_pct", float,
+     "Max accuracy drop relative to the teacher (%)."),
+    ("--max-latency-p50-ms", "max_latency_p50_ms", float, "Max p50 latency (ms)."),
+    ("--max-latency-p90-ms", "max_latency_p90_ms", float, "Max p90 latency (ms)."),
+    ("--min-speedup", "min_speedup", float, "Min speedup vs the teacher (x)."),
+    ("--max-size-bytes", "max_size_bytes", int, "Max engine artifact size (bytes)."),
+)
+
+
+def _gate_options(fn):
+    """Threshold options shared by ``gate`` and ``bench``; they override every target's."""
+    fn = click.option("--no-fp32-fallback", "no_fp32_fallback", is_flag=True, default=None,
+                      help="Fail targets whose engine reports FP32 fallback nodes.")(fn)
+    for flag, dest, kind, text in reversed(_GATE_OPTIONS):
+        fn = click.option(flag, dest, type=click.FloatRange(min=0) if kind is float
+                          else click.IntRange(min=1), default=None, help=text)(fn)
+    return fn
+
+
+def _overrides(options: dict) -> dict:
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _echo_gate(gate: dict) -> None:
+    checks = gate.get("checks") or []
+    judged = [c for c in checks if c["outcome"] != "skipped"]
+    click.echo(f"gate: {'PASSED' if gate['passed'] else 'FAILED'} "
+               f"({len(judged)} checks judged, {len(checks) - len(judged)} skipped)")
+    for c in checks:
+        if c["outcome"] == "skipped":
+            click.echo(f"  skipped: {c['message']}")
+    for violation in gate["violations"]:
+        click.echo(f"  violation: {violation}", err=True)
+
+
+@cli.command()
+@click.argument("report_path", metavar="REPORT", type=click.Path(path_type=Path))
+@_gate_options
+@click.option("--junit", "junit_path", type=click.Path(path_type=Path), default=None,
+              help="Where to write JUnit XML (default: junit.xml next to REPORT).")
+def gate(report_path: Path, junit_path: Path | None, **thresholds) -> None:
+    """Re-judge a saved report.json with its thresholds plus these; exit 1 on any violation.
+
+    Every violation is printed; junit.xml (one testcase per target and check) is written next to
+    the report. The report itself is not modified.
+    """
+    from edgecompress.gate import rejudge
+    from edgecompress.junit import write_junit
+    from edgecompress.report import load_report
+
+    verdict = rejudge(load_report(report_path), _overrides(thresholds))
+    junit = write_junit(verdict, junit_path or report_path.parent / "junit.xml")
+    _echo_gate(verdict)
+    click.echo(f"junit: {junit}")
+    sys.exit(0 if verdict["passed"] else 1)
+
+
+@cli.command()
+@click.argument("old_path", metavar="OLD", type=click.Path(path_type=Path))
+@click.argument("new_path", metavar="NEW", type=click.Path(path_type=Path))
+@click.option("--accuracy-tolerance-pp", type=click.FloatRange(min=0), default=0.5,
+              show_default=True, help="Accuracy may drop this much (pp) before it counts.")
+@click.option("--latency-tolerance-pct", type=click.FloatRange(min=0), default=10.0,
+              show_default=True, help="p50/p90 may grow this much (%) before it counts.")
+def compare(old_path: Path, new_path: Path, accuracy_tolerance_pp: float,
+            latency_tolerance_pct: float) -> None:
+    """Per-target deltas from OLD to NEW report.json; exit 1 on a regression beyond tolerance."""
+    from edgecompress.compare import compare_reports, format_comparison
+    from edgecompress.report import load_report
+
+    result = compare_reports(load_report(old_path), load_report(new_path),
+                             accuracy_tolerance_pp=accuracy_tolerance_pp,
+                             latency_tolerance_pct=latency_tolerance_pct)
+    click.echo(format_comparison(result))
+    sys.exit(1 if result.regressed else 0)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def targets(as_json: bool) -> None:
+    """List the target profiles (targets/*.yaml) and whether each can run on this machine."""
+    from edgecompress.targets import list_profiles, targets_dir
+
+    rows = list_profiles()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"target profiles in {targets_dir()}:")
+    click.echo(f"{'name':<20}{'backend':<13}{'precision':<10}{'device':<8}runs here")
+    for r in rows:
+        verdict = "yes" if r["runnable"] else "no: " + "; ".join(r["reasons"])
+        click.echo(f"{r['name']:<20}{r.get('backend', '?'):<13}{r.get('precision', '?'):<10}"
+                   f"{r.get('connection', '?'):<8}{verdict}")
+
+
+@cli.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--target", "target", required=True, metavar="PROFILE",
+              help="Target profile name (see `edgecompress targets`) or YAML path.")
+@click.option("--data", "data", default=None, metavar="digits|FILE.npz",
+              help="Score accuracy on this dataset's test split (default: latency only, on "
+                   "random inputs).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split.")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+              help="Directory for report.json, report.md, report.html, junit.xml.")
+@_overwrite
+@_gate_options
+def bench(artifact: Path, target: str, data: str | None, seed: int, out: Path, overwrite: bool,
+          **thresholds) -> None:
+    """Measure one engine file (ONNX) on a target profile; exit 1 if its budgets fail."""
+    from edgecompress.bench.artifact import bench_artifact
+    from edgecompress.targets import load_profile
+
+    report = bench_artifact(artifact, load_profile(target), out, data=data, seed=seed,
+                            overwrite=overwrite, gate_overrides=_overrides(thresholds))
+    click.echo((out / "report.md").read_text())
+    click.echo(f"report: {out / 'report.json'}")
+    _echo_gate(report["gate"])
+    sys.exit(0 if report["gate"]["passed"] else 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: maps edgecompress errors to their exit codes."""
     try:

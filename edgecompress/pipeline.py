@@ -61,10 +61,11 @@ def default_stages() -> list[Stage]:
     from edgecompress.stages.distill import DistillStage
     from edgecompress.stages.export import ExportStage
     from edgecompress.stages.finetune import FinetuneStage
+    from edgecompress.stages.prune import PruneStage
     from edgecompress.stages.report import ReportStage
 
-    return [DataStage(), FinetuneStage(), DistillStage(), ExportStage(), BenchStage(),
-            ReportStage()]
+    return [DataStage(), FinetuneStage(), DistillStage(), PruneStage(), ExportStage(),
+            BenchStage(), ReportStage()]
 
 
 def run_identity(recipe: Recipe) -> str:
@@ -118,7 +119,8 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, overwrite: bool) -> None:
 
 def preflight(ctx: Context) -> None:
     """Check every input before anything is written: data loads, models build and fit the data's
-    shape and classes, targets name known backends with supported settings.
+    shape and classes, the prune section fits the student, targets name known backends with
+    supported settings.
 
     Bad input therefore fails fast (exit 2) and leaves no run directory behind.
     """
@@ -136,6 +138,9 @@ def preflight(ctx: Context) -> None:
     for feature in ctx.recipe.stages.distill.features:  # layer names exist (hooks removed again)
         FeatureTaps(teacher, [feature.teacher], "teacher").remove()
         FeatureTaps(student, [feature.student], "student").remove()
+    from edgecompress.stages.prune import check_prune
+
+    check_prune(ctx, student)  # ignored layers exist, the budget is reachable
     for target in ctx.recipe.targets:
         get_backend(target.backend).validate(target.precision, target.threads)
 

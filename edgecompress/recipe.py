@@ -130,10 +130,61 @@ class DistillConfig(_Strict):
                            "the same budget, as the baseline distillation must beat.")
 
 
-class PruneConfig(_Strict):
-    """Structured pruning (arrives with the pruning/QAT change; must stay disabled for now)."""
+PRUNE_IMPORTANCES = ("l1", "l2", "taylor", "fpgm")
+PRUNE_TARGET_KEYS = ("ratio", "target_macs_ratio", "target_params_ratio")
 
-    enabled: Literal[False] = Field(False, description="Not available in this version.")
+
+class PruneConfig(_Strict):
+    """Structured pruning of the distilled student, with distillation recovery fine-tuning.
+
+    Whole channels are removed (dependency-aware across residual adds and depthwise convs), so
+    the dense kernels really shrink. The target is exactly one of a channel ratio or a
+    MACs/params budget relative to the distilled student.
+    """
+
+    enabled: bool = Field(False, description="Run the stage (off: the distilled student is "
+                          "exported as is).")
+    ratio: float | None = Field(None, gt=0, lt=1, description="Channel sparsity: fraction of "
+                                "the channels of every prunable group removed.")
+    target_macs_ratio: float | None = Field(None, gt=0, lt=1, description="Budget: prune until "
+                                            "MACs <= this fraction of the distilled student's "
+                                            "(landing within 10% below it).")
+    target_params_ratio: float | None = Field(None, gt=0, lt=1, description="Budget: prune until "
+                                              "parameters <= this fraction of the distilled "
+                                              "student's (landing within 10% below it).")
+    importance: Literal["l1", "l2", "taylor", "fpgm"] = Field(
+        "l2", description="Channel importance: weight L1/L2 norm, first-order Taylor "
+        "(|w * dL/dw|, from a gradient pass on a few train batches), or FPGM (distance to the "
+        "geometric median).")
+    round_to: int = Field(8, ge=1, description="Keep channel counts multiples of this "
+                          "(8 suits SIMD/INT8 kernels); 1 = no rounding.")
+    ignored_layers: list[str] = Field(default_factory=list, description="Dotted layer names "
+                                      "whose output channels are never pruned (the classifier "
+                                      "always is).")
+    steps: int = Field(1, ge=1, description="Iterative pruning: reach the target in this many "
+                       "slices, recovering after each.")
+    recovery_epochs: int = Field(20, ge=0, description="Distillation fine-tuning epochs after "
+                                 "each step (0: no recovery); the best validation epoch is kept.")
+    lr: float = Field(5e-3, gt=0, description="AdamW learning rate of recovery (one-cycle, so it "
+                      "warms up from lr/25).")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay of recovery.")
+    batch_size: int = Field(64, ge=1, description="Per-process batch size of recovery and of the "
+                            "Taylor gradient pass.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the KD term during recovery; "
+                         "(1 - alpha) weights the hard-label cross-entropy.")
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the KD term.")
+    taylor_batches: int = Field(8, ge=1, description="Train batches whose gradients the Taylor "
+                                "importance accumulates.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> PruneConfig:
+        given = [key for key in PRUNE_TARGET_KEYS if getattr(self, key) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set only one of {', '.join(PRUNE_TARGET_KEYS)} (got "
+                             f"{' and '.join(given)})")
+        if self.enabled and not given:
+            raise ValueError(f"enabled pruning needs one of {', '.join(PRUNE_TARGET_KEYS)}")
+        return self
 
 
 class QatConfig(_Strict):
@@ -163,17 +214,67 @@ class StagesConfig(_Strict):
     export: ExportConfig = Field(default_factory=ExportConfig)
 
 
-class TargetConfig(_Strict):
-    """One deployment target: which backend builds and runs the engine, and how it is timed."""
+class GateConfig(_Strict):
+    """Thresholds that fail the run (exit 1) when exceeded; the report is written either way.
 
-    name: str = Field(description="Target name, used for the engine directory and in the report.")
+    The same fields appear in a recipe's top-level ``gate`` (every target), in a target's own
+    ``gate`` (that target only; a value set there wins) and in a target profile's ``budgets``.
+    ``null`` means "no limit". A threshold whose measurement is absent from the report (no
+    teacher, no ``fp32_nodes`` yet) is reported as skipped, never as passed or failed.
+    """
+
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Max accuracy drop of a "
+                                            "target vs the teacher, in percentage points.")
+    max_accuracy_drop_pct: float | None = Field(None, ge=0, le=100, description="Max accuracy "
+                                                "drop relative to the teacher's accuracy, in %.")
+    max_latency_p50_ms: float | None = Field(None, gt=0, description="Max median latency (ms).")
+    max_latency_p90_ms: float | None = Field(None, gt=0, description="Max p90 latency (ms).")
+    min_speedup: float | None = Field(None, gt=0, description="Min speedup vs the teacher (teacher "
+                                      "p50 / target p50, same run).")
+    max_size_bytes: int | None = Field(None, gt=0, description="Max size of the target's engine "
+                                       "artifact in bytes.")
+    no_fp32_fallback: bool = Field(False, description="Fail a target whose engine runs any node "
+                                   "in FP32 that should be quantized (judged when the report "
+                                   "lists targets[].fp32_nodes).")
+
+
+class TargetConfig(_Strict):
+    """One deployment target: which backend builds and runs the engine, and how it is timed.
+
+    ``profile`` names a target profile (``targets/<name>.yaml``, or a path to one); the profile
+    fills every field the recipe leaves out, and its ``budgets`` become this target's ``gate``
+    defaults. Fields written in the recipe always win.
+    """
+
+    name: str = Field(description="Target name, used for the engine directory and in the report "
+                      "(default: the profile's name).")
+    profile: str | None = Field(None, description="Target profile name or YAML path whose "
+                                "settings fill the fields not given here.")
     backend: str = Field("onnxruntime", description="Registered backend name.")
     precision: str = Field("fp32", description="Engine precision (must be supported by the "
                            "backend).")
     threads: int = Field(1, ge=1, description="Intra-op threads for the benchmark.")
     batch_size: int = Field(1, ge=1, description="Batch size of the latency measurement.")
     warmup: int = Field(20, ge=0, description="Untimed warm-up runs.")
-    runs: int = Field(200, ge=50, description="Timed runs (>= 50).")
+    runs: int = Field(200, ge=50, description="Timed runs (>= 50); with max_seconds, the most.")
+    max_seconds: float | None = Field(None, gt=0, description="Optional time budget of the timed "
+                                      "loop per model: stop once it is spent and min_runs ran.")
+    min_runs: int = Field(50, ge=10, description="With max_seconds: timed runs always made.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="Thresholds for this target "
+                             "only; a value set here overrides the recipe's gate.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict) or not raw.get("profile"):
+            return raw
+        from edgecompress.targets import load_profile
+
+        try:
+            profile = load_profile(str(raw["profile"]))
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return profile.fill_target(raw)
 
     @field_validator("name")
     @classmethod
@@ -182,12 +283,11 @@ class TargetConfig(_Strict):
             raise ValueError("use letters, digits, '-', '_' and '.' only")
         return value
 
-
-class GateConfig(_Strict):
-    """Thresholds that fail the run (exit 1) when exceeded; the report is written either way."""
-
-    max_accuracy_drop: float | None = Field(None, ge=0, description="Max accuracy drop of any "
-                                            "target vs the teacher, in percentage points.")
+    @model_validator(mode="after")
+    def _budget(self) -> TargetConfig:
+        if self.max_seconds is not None and self.min_runs > self.runs:
+            raise ValueError(f"min_runs ({self.min_runs}) must be <= runs ({self.runs})")
+        return self
 
 
 class Recipe(_Strict):

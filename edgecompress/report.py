@@ -6,10 +6,17 @@ README "Report fields"); the Markdown is rendered from that JSON, never from liv
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import platform
 from pathlib import Path
 from typing import Any
+
+from edgecompress.errors import ConfigError
+from edgecompress.io import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -26,7 +33,12 @@ def cpu_description() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
+              "asimd", "asimddp", "i8mm", "sve")
+    if not flags:  # Arm spells the line "Features"
+        from edgecompress.targets import cpu_flags
+
+        flags = sorted(cpu_flags())
     return {"model": model, "machine": platform.machine(),
             "flags": [f for f in wanted if f in flags], "logical_cores": os.cpu_count()}
 
@@ -36,30 +48,90 @@ def accuracy_drop_pp(teacher: float, candidate: float) -> float:
     return round(100.0 * (teacher - candidate), 4)
 
 
-def judge(targets: list[dict[str, Any]], *, max_accuracy_drop: float | None) -> dict[str, Any]:
-    """Apply the gate thresholds to the target entries; list every violation."""
-    violations = []
-    for t in targets:
-        if t.get("status") != "ok":
+def environment() -> dict[str, Any]:
+    """Where a benchmark ran: Python, library versions, CPU model and flags, torch threads."""
+    from edgecompress.pipeline import library_versions
+
+    versions = library_versions()
+    threads = None
+    try:
+        import torch
+
+        threads = torch.get_num_threads()
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        pass
+    return {"python": versions["python"], "packages": versions, "cpu": cpu_description(),
+            "threads": threads}
+
+
+def dump_report(report: dict[str, Any]) -> str:
+    """The canonical JSON text of a report (what ``report.json`` holds)."""
+    return json.dumps(report, indent=2, sort_keys=False, default=str) + "\n"
+
+
+def save_report(report: dict[str, Any], path: str | Path) -> Path:
+    """Write ``report`` to ``path`` atomically in the canonical form."""
+    atomic_write_text(path, dump_report(report))
+    return Path(path)
+
+
+def load_report(path: str | Path) -> dict[str, Any]:
+    """Read a report.json and check the parts every consumer relies on.
+
+    The schema is tolerant (extra fields, ``null`` teacher/student sections of a single-artifact
+    benchmark), but the structure the gate and ``compare`` read must be there.
+
+    Raises:
+        ConfigError: missing file, invalid JSON, wrong schema version or a malformed field;
+            the message names the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"report not found: {path}")
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{path}: not a JSON report: {err}") from None
+    problems = []
+    if not isinstance(report, dict):
+        raise ConfigError(f"{path}: a report must be a JSON object")
+    if report.get("schema_version") != SCHEMA_VERSION:
+        problems.append(f"schema_version: expected {SCHEMA_VERSION}, got "
+                        f"{report.get('schema_version')!r}")
+    targets = report.get("targets")
+    if not isinstance(targets, list):
+        problems.append("targets: expected a list")
+        targets = []
+    for i, entry in enumerate(targets):
+        if not isinstance(entry, dict):
+            problems.append(f"targets.{i}: expected an object")
             continue
-        if max_accuracy_drop is not None and t["accuracy_drop"] > max_accuracy_drop:
-            violations.append(f"{t['name']}: accuracy drop {t['accuracy_drop']:.2f} pp > "
-                              f"{max_accuracy_drop:.2f} pp")
-    return {"passed": not violations, "thresholds": {"max_accuracy_drop": max_accuracy_drop},
-            "violations": violations}
+        for key in ("name", "status"):
+            if not isinstance(entry.get(key), str):
+                problems.append(f"targets.{i}.{key}: missing or not a string")
+        if entry.get("status") == "ok" and not isinstance(entry.get("latency_ms"), dict):
+            problems.append(f"targets.{i}.latency_ms: missing for a target that ran")
+    gate = report.get("gate", {})
+    if not isinstance(gate, dict):
+        problems.append("gate: expected an object")
+    else:
+        for key in ("thresholds", "target_thresholds"):
+            if gate.get(key) is not None and not isinstance(gate.get(key), dict):
+                problems.append(f"gate.{key}: expected an object")
+    if problems:
+        raise ConfigError(f"{path}: malformed report\n  " + "\n  ".join(problems))
+    return report
 
 
 def _fmt(value: Any, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """A human-readable summary of a report.json document."""
-    t, s = report["teacher"], report["student"]
-    lines = [f"# edgecompress report: {report['recipe'].get('name', '')}", "",
-             f"Dataset **{report['dataset']['name']}**, {report['dataset']['eval_samples']} test "
-             f"samples. CPU: {report['environment']['cpu']['model']}.", "",
-             "## Models (PyTorch, FP32)", "",
+def _models_section(report: dict[str, Any]) -> list[str]:
+    t, s = report.get("teacher"), report.get("student")
+    if not t or not s or s.get("accuracy_fp32") is None:
+        return []
+    lines = ["## Models (PyTorch, FP32)", "",
              "| model | test accuracy | params | MACs |", "|---|---:|---:|---:|",
              f"| teacher | {_fmt(t['accuracy'])} | {t['params']:,} | {t['macs']:,} |",
              f"| student (distilled) | {_fmt(s['accuracy_fp32'])} | {s['params']:,} | "
@@ -69,23 +141,75 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"{s['params']:,} | {s['macs']:,} |")
     lines += ["", f"Student/teacher parameters: 1/{t['params'] / max(s['params'], 1):.1f}. "
               f"Distillation gain over the hard-label baseline: "
-              f"{_fmt(s.get('distillation_gain_pp'), '+.2f')} pp.", "",
-              "## Targets", "",
+              f"{_fmt(s.get('distillation_gain_pp'), '+.2f')} pp.", ""]
+    return lines
+
+
+def _num(value: Any) -> str:
+    """Check values for tables: floats to 4 significant digits, the rest as is."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _size(value: Any) -> str:
+    return "-" if value is None else f"{value:,} B"
+
+
+def _speedup(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """A human-readable summary of a report.json document (teacher-less reports included)."""
+    env = report.get("environment") or {}
+    cpu = env.get("cpu") or {}
+    dataset = report.get("dataset") or {}
+    title = (report.get("recipe") or {}).get("name", "")
+    data_line = (f"Dataset **{dataset['name']}**, {dataset.get('eval_samples')} test samples."
+                 if dataset.get("name") else "No dataset: latency on synthetic inputs only.")
+    lines = [f"# edgecompress report: {title}", "",
+             f"{data_line} CPU: {cpu.get('model', '?')} "
+             f"(flags: {', '.join(cpu.get('flags') or []) or '-'}).", ""]
+    lines += _models_section(report)
+    lines += ["## Targets", "",
               "| target | backend | precision | status | accuracy | drop (pp) | p50 ms | p90 ms | "
               "p99 ms | teacher p50 ms | speedup | size |",
               "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    ran = []
     for e in report["targets"]:
         if e["status"] != "ok":
-            lines.append(f"| {e['name']} | {e['backend']} | {e['precision']} | {e['status']}: "
-                         f"{e.get('reason', '')} | | | | | | | | |")
+            lines.append(f"| {e['name']} | {e.get('backend', '')} | {e.get('precision', '')} | "
+                         f"{e['status']}: {e.get('reason', '')} | | | | | | | | |")
             continue
-        lat, tlat = e["latency_ms"], e["teacher_latency_ms"]
+        ran.append(e)
+        lat, tlat = e["latency_ms"], e.get("teacher_latency_ms") or {}
         lines.append(f"| {e['name']} | {e['backend']} | {e['precision']} | ok | "
-                     f"{_fmt(e['accuracy'])} | {_fmt(e['accuracy_drop'], '.2f')} | "
+                     f"{_fmt(e.get('accuracy'))} | {_fmt(e.get('accuracy_drop'), '.2f')} | "
                      f"{_fmt(lat['p50'], '.3f')} | {_fmt(lat['p90'], '.3f')} | "
-                     f"{_fmt(lat['p99'], '.3f')} | {_fmt(tlat['p50'], '.3f')} | "
-                     f"{_fmt(e['speedup_vs_teacher'], '.2f')}x | {e['size_bytes']:,} B |")
+                     f"{_fmt(lat['p99'], '.3f')} | {_fmt(tlat.get('p50'), '.3f')} | "
+                     f"{_speedup(e.get('speedup_vs_teacher'))} | {_size(e.get('size_bytes'))} |")
+    if ran:
+        lines += ["", "### Latency detail and parity", "",
+                  "| target | mean ms | stdev ms | min ms | max ms | runs | threads | input | "
+                  "top-1 agreement | max abs diff | SNR dB |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+        for e in ran:
+            lat, par = e["latency_ms"], e.get("parity") or {}
+            shape = "x".join(str(d) for d in lat.get("input_shape") or []) or "-"
+            lines.append(f"| {e['name']} | {_fmt(lat.get('mean'), '.4f')} | "
+                         f"{_fmt(lat.get('stdev'), '.4f')} | {_fmt(lat.get('min'), '.4f')} | "
+                         f"{_fmt(lat.get('max'), '.4f')} | {lat.get('runs', '-')} | "
+                         f"{lat.get('threads', '-')} | {shape} | "
+                         f"{_fmt(par.get('top1_agreement'))} | "
+                         f"{_fmt(par.get('max_abs_diff'), '.2e')} | "
+                         f"{_fmt(par.get('snr_db'), '.1f')} |")
     gate = report["gate"]
     lines += ["", "## Gate", "", "**PASSED**" if gate["passed"] else "**FAILED**"]
     lines += [f"- {v}" for v in gate["violations"]]
+    checks = [c for c in gate.get("checks") or [] if c["check"] != "status"]
+    if checks:
+        lines += ["", "| target | check | outcome | value | limit |", "|---|---|---|---:|---:|"]
+        lines += [f"| {c['target']} | {c['check']} | {c['outcome']} | {_num(c.get('value'))} | "
+                  f"{_num(c.get('limit'))} |" for c in checks]
     return "\n".join(lines) + "\n"

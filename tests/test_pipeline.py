@@ -17,7 +17,7 @@ from edgecompress.pipeline import Pipeline
 from edgecompress.recipe import load_recipe
 from tests.conftest import run_cli
 
-STAGES = ["data", "finetune", "distill", "export", "bench", "report"]
+STAGES = ["data", "finetune", "distill", "prune", "export", "bench", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,21 @@ def test_report_follows_the_schema(finished_run):
     assert (out / target["artifact"]).is_file()
     assert "| cpu | onnxruntime | fp32 | ok |" in (out / "report.md").read_text()
     assert "report:" in result.stdout
+    # Issue 5: SNR, recorded input shape and environment, raw samples kept out of report.json
+    # but in bench/results.json, report.html with plots, junit.xml with the gate's testcases.
+    assert target["parity"]["snr_db"] > 60
+    assert target["latency_ms"]["input_shape"] == [1, 1, 8, 8]
+    assert "samples_ms" not in target
+    assert report["environment"]["cpu"]["model"] and "flags" in report["environment"]["cpu"]
+    results = json.loads((out / "bench" / "results.json").read_text())
+    samples = results["targets"][0]["samples_ms"]
+    assert len(samples["student"]) == len(samples["teacher"]) == 50
+    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
+    import xml.etree.ElementTree as ET
+
+    cases = [c.get("name") for c in ET.parse(out / "junit.xml").getroot().iter("testcase")]
+    assert cases == ["status"]  # the tiny recipe sets no threshold
+    assert report["gate"]["passed"] and report["gate"]["checks"][0]["outcome"] == "passed"
 
 
 def test_every_stage_has_a_manifest(finished_run):
@@ -85,8 +100,9 @@ def test_changes_rerun_only_what_they_affect(write_recipe, tmp_path):
     # More distillation epochs: data and finetune stay, distill and later rerun.
     changed = Pipeline(load_recipe(write_recipe({"stages": {"distill": {"epochs": 4}}})),
                        out).run()
+    # Pruning is disabled: its no-op stage does not depend on distillation.
     assert changed == {"data": "skipped", "finetune": "skipped", "distill": "ran",
-                       "export": "ran", "bench": "ran", "report": "ran"}
+                       "prune": "skipped", "export": "ran", "bench": "ran", "report": "ran"}
     # --force export reruns export and everything after it.
     forced = Pipeline(load_recipe(write_recipe({"stages": {"distill": {"epochs": 4}}})),
                       out).run(force="export")

@@ -44,7 +44,7 @@ def test_every_error_is_listed_at_once():
     ({"targets": [{"name": "../x"}]}, "targets.0.name"),
     ({"targets": [{"name": "a", "runs": 10}]}, "targets.0.runs"),
     ({"stages": {"export": {"opset": 17}}}, "stages.export.opset"),
-    ({"stages": {"prune": {"enabled": True}}}, "stages.prune.enabled"),
+    ({"stages": {"prune": {"enabled": True, "ratio": 1.5}}}, "stages.prune.ratio"),
 ])
 def test_invalid_values_name_the_key(raw, fragment):
     with pytest.raises(ConfigError) as info:

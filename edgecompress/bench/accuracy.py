@@ -63,14 +63,29 @@ def evaluate_accuracy(runner_or_fn: RunnerOrFn, x: np.ndarray, y: np.ndarray, *,
     return accuracy, logits
 
 
-def benchmark_runner(runner: Runner, x_test: np.ndarray, y_test: np.ndarray, *, warmup: int,
-                     runs: int, batch_size: int = 1) -> dict[str, Any]:
+def timed_call(runner: Runner, batch: np.ndarray) -> Callable[[], object]:
+    """The zero-argument callable the latency loop times for ``runner`` on ``batch``.
+
+    A runner may offer ``timed_call(batch)`` returning a call bound to an already prepared input
+    (e.g. ORT's ``session.run`` with its feed dict built once), so that per-call conversions in
+    ``Runner.run`` are not counted as model latency; otherwise ``runner.run(batch)`` is timed.
+    """
+    hook = getattr(runner, "timed_call", None)
+    return hook(batch) if callable(hook) else (lambda: runner.run(batch))
+
+
+def benchmark_runner(runner: Runner, x_test: np.ndarray, y_test: np.ndarray | None, *,
+                     warmup: int, runs: int, batch_size: int = 1,
+                     max_seconds: float | None = None, min_runs: int | None = None,
+                     ) -> dict[str, Any]:
     """Accuracy on the whole test set plus latency on a fixed batch of its first samples.
 
-    Latency always uses the same prepared float32 batch so no data handling is timed.
+    Latency always uses the same prepared float32 batch so no data handling is timed. Without
+    labels (``y_test`` None: a benchmark on synthetic inputs) accuracy is ``None``.
 
     Returns:
-        ``{"accuracy": float, "latency_ms": LatencyStats.to_dict(), "logits": np.ndarray}``.
+        ``{"accuracy": float | None, "latency_ms": LatencyStats.to_dict(),
+        "samples_ms": [raw latencies], "logits": np.ndarray}``.
 
     Raises:
         ConfigError: ``batch_size`` < 1 or larger than the test set; bad ``warmup``/``runs``.
@@ -79,11 +94,20 @@ def benchmark_runner(runner: Runner, x_test: np.ndarray, y_test: np.ndarray, *, 
         raise ConfigError(
             f"latency batch_size must be in 1..{len(x_test)} (test set size), got {batch_size}"
         )
-    check_counts(warmup=warmup, runs=runs)
-    accuracy, logits = evaluate_accuracy(runner, x_test, y_test)
+    min_runs = min(min_runs or runs, runs) if max_seconds is not None else 1
+    check_counts(warmup=warmup, runs=runs, min_runs=min_runs, max_seconds=max_seconds)
+    if y_test is None:
+        accuracy, logits = None, np.concatenate(
+            [np.asarray(runner.run(x_test[i:i + 256])) for i in range(0, len(x_test), 256)])
+    else:
+        accuracy, logits = evaluate_accuracy(runner, x_test, y_test)
     batch = np.ascontiguousarray(x_test[:batch_size], dtype=np.float32)
-    stats = measure_latency(lambda: runner.run(batch), warmup=warmup, runs=runs,
-                            threads=runner.threads, batch_size=batch_size)
-    logger.info("accuracy %.4f, latency p50 %.3f ms (batch %d, %d threads)", accuracy, stats.p50,
-                batch_size, runner.threads)
-    return {"accuracy": accuracy, "latency_ms": stats.to_dict(), "logits": logits}
+    stats = measure_latency(timed_call(runner, batch), warmup=warmup, runs=runs,
+                            threads=runner.threads, batch_size=batch_size,
+                            max_seconds=max_seconds, min_runs=min_runs,
+                            input_shape=batch.shape)
+    logger.info("accuracy %s, latency p50 %.3f ms (batch %d, %d threads)",
+                "-" if accuracy is None else f"{accuracy:.4f}", stats.p50, batch_size,
+                runner.threads)
+    return {"accuracy": accuracy, "latency_ms": stats.to_dict(), "samples_ms": stats.samples_ms,
+            "logits": logits}

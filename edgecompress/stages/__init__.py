@@ -1,1 +1,1 @@
-"""Pipeline stages: data, finetune, distill, export, bench, report (pruning and QAT come later)."""
+"""Pipeline stages: data, finetune, distill, prune, export, bench, report (QAT comes later)."""

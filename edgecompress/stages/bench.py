@@ -1,5 +1,5 @@
 """bench stage: per target, build the student's and the teacher's engines with the target's backend
-and measure accuracy, parity and latency for both on this machine, in the same run.
+and measure accuracy, parity (incl. SNR) and latency for both on this machine, in the same run.
 
 Timing the teacher next to the student on the same machine and runtime is what makes the speedup
 number honest; absolute milliseconds from another day or machine are not comparable.
@@ -44,8 +44,10 @@ class BenchStage(Stage):
             for key in ("artifact", "teacher_artifact"):
                 if entry.get(key):
                     outputs[f"{target.name}:{key}"] = ctx.run_dir / entry[key]
+        from edgecompress.report import environment
+
         path = ctx.stage_dir(self.name) / "results.json"
-        atomic_write_json(path, {"targets": results})
+        atomic_write_json(path, {"environment": environment(), "targets": results})
         outputs["results"] = path
         return StageResult(outputs=outputs, metrics={
             t["name"]: t["status"] for t in results})
@@ -55,14 +57,20 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
     """Build, run and time one target for the student and the teacher; never raises for a
     missing runtime (the entry says ``skipped`` and why)."""
     from edgecompress.backends import get_backend
-    from edgecompress.bench import benchmark_runner
-    from edgecompress.export import compare_logits
+    from edgecompress.bench import benchmark_runner, parity_summary
 
     backend = get_backend(target.backend)
     backend.validate(target.precision, target.threads)
     entry: dict[str, Any] = {"name": target.name, "backend": target.backend,
                              "precision": target.precision, "threads": target.threads}
     ok, reason = backend.availability()
+    if ok and target.profile:
+        # A target made from a device profile must run on that device: timing an AVX-512
+        # profile on an AVX2 machine, or a phone profile here, would report the wrong numbers.
+        from edgecompress.targets import load_profile, machine_reasons
+
+        mismatch = machine_reasons(load_profile(target.profile))
+        ok, reason = not mismatch, "; ".join(mismatch)
     if not ok:
         logger.warning("%s: skipped: %s", target.name, reason)
         return {**entry, "status": "skipped", "reason": reason}
@@ -79,12 +87,13 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
         try:
             measured[role] = benchmark_runner(runner, bundle.test.x, bundle.test.y,
                                               warmup=target.warmup, runs=target.runs,
-                                              batch_size=target.batch_size)
+                                              batch_size=target.batch_size,
+                                              max_seconds=target.max_seconds,
+                                              min_runs=target.min_runs)
         finally:
             runner.close()
         logger.info("%s %s: accuracy %.4f, p50 %.4f ms", target.name, role,
                     measured[role]["accuracy"], measured[role]["latency_ms"]["p50"])
-    parity = compare_logits(reference_logits, measured["student"]["logits"])
     s_lat, t_lat = measured["student"]["latency_ms"], measured["teacher"]["latency_ms"]
     return {
         **entry, "status": "ok", "reason": "",
@@ -95,8 +104,10 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
         "teacher_accuracy": measured["teacher"]["accuracy"],
         "latency_ms": s_lat, "teacher_latency_ms": t_lat,
         "speedup_vs_teacher": t_lat["p50"] / s_lat["p50"] if s_lat["p50"] > 0 else None,
-        "parity": {"top1_agreement": parity.top1_agreement,
-                   "max_abs_diff": parity.max_abs_diff},
+        "parity": parity_summary(reference_logits, measured["student"]["logits"]),
+        # Raw per-call latencies: kept in bench/results.json (plots, re-analysis), not in
+        # report.json where they would dominate the size.
+        "samples_ms": {role: measured[role]["samples_ms"] for role in ("student", "teacher")},
     }
 
 

@@ -81,12 +81,23 @@ def load_teacher(ctx: Context) -> nn.Module:
 def final_student_source(ctx: Context) -> Path:
     """The artifact holding the student that gets exported and benchmarked.
 
-    Today that is the distilled state dict; stages added after distillation (pruning, QAT) point
-    this at their own output, and export/bench/report follow without changes.
+    The pruned ``torch.export`` program when the prune stage is enabled, else the distilled
+    state dict; later stages (QAT) point this at their own output, and export/bench/report
+    follow without changes.
     """
+    if ctx.recipe.stages.prune.enabled:
+        return ctx.run_dir / "prune" / "student.pt2"
     return ctx.run_dir / "distill" / "student.pt"
 
 
 def load_final_student(ctx: Context) -> nn.Module:
-    """The student that gets exported and benchmarked (see :func:`final_student_source`)."""
+    """The student that gets exported and benchmarked (see :func:`final_student_source`).
+
+    A pruned student no longer fits ``build_student()``'s layer shapes, so it is reloaded from
+    its ``.pt2`` program (an inference-only module that accepts ``eval()``).
+    """
+    if ctx.recipe.stages.prune.enabled:
+        from edgecompress.prune.artifact import load_pruned
+
+        return load_pruned(final_student_source(ctx))
     return load_state(build_student(ctx), final_student_source(ctx))

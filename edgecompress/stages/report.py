@@ -1,29 +1,32 @@
-"""report stage: assemble report.json / report.md from the stage manifests and judge the gate."""
+"""report stage: assemble report.json, report.md, report.html and junit.xml from the stage
+manifests, and judge the gate."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-import torch
-
 from edgecompress.errors import BackendUnavailable
-from edgecompress.io import atomic_write_json, atomic_write_text
-from edgecompress.pipeline import library_versions, read_stage_manifest
+from edgecompress.gate import judge, recipe_thresholds
+from edgecompress.io import atomic_write_text
+from edgecompress.junit import write_junit
+from edgecompress.pipeline import read_stage_manifest
 from edgecompress.recipe import recipe_to_dict
 from edgecompress.report import (
     SCHEMA_VERSION,
     accuracy_drop_pp,
-    cpu_description,
-    judge,
+    environment,
     render_markdown,
+    save_report,
 )
+from edgecompress.report_html import samples_from_results, write_html_report
 from edgecompress.stages.base import Context, Stage, StageResult
 from edgecompress.stages.common import load_final_student, load_teacher
 
 
 class ReportStage(Stage):
-    """Produces ``report.json`` and ``report.md`` at the top of the run directory."""
+    """Produces ``report.json``, ``report.md``, ``report.html`` and ``junit.xml`` at the top of
+    the run directory (report.html only where matplotlib is installed)."""
 
     name = "report"
 
@@ -37,14 +40,20 @@ class ReportStage(Stage):
     def run(self, ctx: Context) -> StageResult:
         report = build_report(ctx)
         json_path, md_path = ctx.run_dir / "report.json", ctx.run_dir / "report.md"
-        atomic_write_json(json_path, report)
+        save_report(report, json_path)
         atomic_write_text(md_path, render_markdown(report))
+        outputs = {"report": json_path, "report_md": md_path,
+                   "junit": write_junit(report["gate"], ctx.run_dir / "junit.xml")}
+        results = json.loads((ctx.run_dir / "bench" / "results.json").read_text())
+        html_path = write_html_report(report, ctx.run_dir / "report.html",
+                                      samples_from_results(results))
+        if html_path is not None:
+            outputs["report_html"] = html_path
         if not any(t["status"] == "ok" for t in report["targets"]):
             reasons = "; ".join(f"{t['name']}: {t.get('reason')}" for t in report["targets"])
             raise BackendUnavailable(f"no target could run on this machine ({reasons}); "
                                      f"report written to {json_path}")
-        return StageResult(outputs={"report": json_path, "report_md": md_path},
-                           metrics={"gate_passed": report["gate"]["passed"]})
+        return StageResult(outputs=outputs, metrics={"gate_passed": report["gate"]["passed"]})
 
 
 def build_report(ctx: Context) -> dict[str, Any]:
@@ -62,7 +71,7 @@ def build_report(ctx: Context) -> dict[str, Any]:
     teacher_acc = finetune["test_accuracy"]
     targets = []
     for entry in bench["targets"]:
-        entry = dict(entry)
+        entry = {k: v for k, v in entry.items() if k != "samples_ms"}
         if entry["status"] == "ok":
             entry["accuracy_drop"] = accuracy_drop_pp(entry["teacher_accuracy"], entry["accuracy"])
         targets.append(entry)
@@ -75,9 +84,7 @@ def build_report(ctx: Context) -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
         "recipe": recipe_to_dict(ctx.recipe),
-        "environment": {"python": library_versions()["python"],
-                        "packages": library_versions(), "cpu": cpu_description(),
-                        "threads": torch.get_num_threads()},
+        "environment": environment(),
         "dataset": {"name": bundle.name, "eval_samples": int(len(bundle.test.y)),
                     "num_classes": bundle.num_classes, "input_shape": list(shape)},
         "teacher": {"accuracy": teacher_acc, "params": count_params(teacher),
@@ -90,5 +97,5 @@ def build_report(ctx: Context) -> dict[str, Any]:
                     "distillation_gain_pp": distill.get("distillation_gain_pp")},
         "stages": stages,
         "targets": targets,
-        "gate": judge(targets, max_accuracy_drop=ctx.recipe.gate.max_accuracy_drop),
+        "gate": judge(targets, *recipe_thresholds(ctx.recipe)),
     }

@@ -1,0 +1,194 @@
+"""prune stage: structured pruning of the distilled student, recovered by distillation.
+
+Loads ``distill/student.pt``, removes whole channels with torch-pruning's dependency graph in
+``steps`` slices toward the recipe's channel ratio or MACs/params budget, and after each slice
+fine-tunes the student against the frozen teacher (the same KD loss as the distill stage).
+The result is saved as ``prune/student.pt2`` (``torch.export``, reloads without the model
+class) plus ``prune/student_state.pt``. Disabled (the default), the stage does nothing and the
+distilled student stays the final one. Runs unchanged under ``torchrun`` (DDP): every rank
+prunes identically (same weights, same seeded batches), then trains its shard.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecompress.errors import ConfigError, ParityError
+from edgecompress.recipe import PRUNE_TARGET_KEYS, PruneConfig, recipe_to_dict
+from edgecompress.stages.base import Context, Stage, StageResult
+from edgecompress.stages.common import build_student, load_state, load_teacher, spec_files
+from edgecompress.stages.losses import distillation_loss
+from edgecompress.training import accuracy, predict_logits, seed_everything, train
+
+logger = logging.getLogger(__name__)
+
+PROGRAM_NAME = "student.pt2"
+STATE_NAME = "student_state.pt"
+#: Max abs logit difference accepted between the pruned module and its reloaded .pt2.
+RELOAD_ATOL = 1e-4
+
+
+def prune_target(cfg: PruneConfig):
+    """The recipe's target as a :class:`~edgecompress.prune.pruner.PruneTarget`."""
+    from edgecompress.prune.pruner import PruneTarget
+
+    for key in PRUNE_TARGET_KEYS:
+        if getattr(cfg, key) is not None:
+            return PruneTarget(key, float(getattr(cfg, key)))
+    raise ConfigError(f"stages.prune: set one of {', '.join(PRUNE_TARGET_KEYS)}")
+
+
+def check_prune(ctx: Context, student: nn.Module) -> None:
+    """Preflight: reject a prune section that cannot work, before anything trains.
+
+    Checks that the student is an editable module, that every ignored layer exists, that
+    something is left to prune, and that a budget is reachable with ``round_to``.
+
+    Raises:
+        ConfigError: Naming the ``stages.prune`` key at fault.
+        BackendUnavailable: torch-pruning is not installed.
+    """
+    cfg = ctx.recipe.stages.prune
+    if not cfg.enabled:
+        return
+    kind = ctx.recipe.student.kind
+    if kind in ("torchscript", "export"):
+        raise ConfigError(f"stages.prune: a student of kind '{kind}' cannot be pruned (its "
+                          "layers cannot be edited); use kind 'builtin' or 'factory'")
+    from edgecompress.prune.pruner import smallest_reachable
+
+    target = prune_target(cfg)
+    example = torch.from_numpy(ctx.bundle.train.x[:1])
+    lowest = smallest_reachable(student, example, target, cfg.round_to, cfg.ignored_layers)
+    if target.is_budget and target.value < lowest:
+        raise ConfigError(f"stages.prune.{target.key}: {target.value:g} is below the smallest "
+                          f"reachable ratio {lowest:.3f} for this student (round_to "
+                          f"{cfg.round_to}, every layer keeps >= 1/8 of its channels); raise "
+                          "the budget or lower round_to")
+
+
+class PruneStage(Stage):
+    """Produces ``prune/student.pt2`` and ``prune/student_state.pt`` when enabled."""
+
+    name = "prune"
+    distributed = True
+
+    def config(self, ctx: Context) -> dict[str, Any]:
+        raw = recipe_to_dict(ctx.recipe)
+        if not ctx.recipe.stages.prune.enabled:
+            return {"enabled": False}
+        return {"student": raw["student"], "prune": raw["stages"]["prune"], "seed": raw["seed"]}
+
+    def inputs(self, ctx: Context) -> dict[str, Any]:
+        if not ctx.recipe.stages.prune.enabled:
+            return {}
+        return {"teacher": ctx.run_dir / "finetune" / "teacher.pt",
+                "student": ctx.run_dir / "distill" / "student.pt",
+                **spec_files(ctx.recipe.student, "student")}
+
+    def run(self, ctx: Context) -> StageResult:
+        cfg = ctx.recipe.stages.prune
+        if not cfg.enabled:
+            logger.info("pruning disabled: the distilled student is the final student")
+            return StageResult(metrics={"enabled": False})
+        from edgecompress.prune.artifact import load_pruned, save_pruned
+        from edgecompress.prune.importance import make_importance
+        from edgecompress.prune.pruner import StructuredPruner
+
+        device, bundle = ctx.dist.device, ctx.bundle
+        seed_everything(ctx.recipe.seed)
+        teacher = load_teacher(ctx).to(device).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher_logits = torch.from_numpy(predict_logits(teacher, bundle.train.x, device))
+        student = load_state(build_student(ctx), ctx.run_dir / "distill" / "student.pt")
+        distilled_acc = accuracy(student.to(device), bundle.test.x, bundle.test.y, device)
+        pruner = StructuredPruner(student, torch.from_numpy(bundle.train.x[:1]),
+                                  target=prune_target(cfg),
+                                  importance=make_importance(cfg.importance),
+                                  round_to=cfg.round_to, ignored_layers=cfg.ignored_layers)
+        history = []
+        for step in range(1, cfg.steps + 1):
+            if cfg.importance == "taylor":
+                self._taylor_gradients(ctx, student, teacher_logits)
+            record = pruner.step(step, cfg.steps)  # traces and prunes on the CPU
+            student.to(device)
+            record["test_accuracy_pruned"] = accuracy(student, bundle.test.x, bundle.test.y,
+                                                      device)
+            if cfg.recovery_epochs:
+                result = self._recover(ctx, student, teacher_logits, step)
+                record["val_accuracy"] = result.best_val_accuracy
+                record["best_epoch"] = result.best_epoch
+            record["test_accuracy_recovered"] = accuracy(student, bundle.test.x, bundle.test.y,
+                                                         device)
+            history.append(record)
+        student = student.cpu().eval()
+        metrics: dict[str, Any] = {"enabled": True, **pruner.summary(),
+                                   "importance": cfg.importance, "round_to": cfg.round_to,
+                                   "steps": history,
+                                   "test_accuracy_distilled": distilled_acc,
+                                   "test_accuracy": history[-1]["test_accuracy_recovered"],
+                                   "world_size": ctx.dist.world_size}
+        out_dir = ctx.stage_dir(self.name)
+        program, state = out_dir / PROGRAM_NAME, out_dir / STATE_NAME
+        if ctx.dist.is_main:
+            save_pruned(student, torch.from_numpy(bundle.test.x[:2]), program, state)
+            metrics["reload_max_abs_diff"] = _check_reload(student, load_pruned(program),
+                                                           bundle.test.x)
+        logger.info("pruned student: params %d -> %d, MACs %d -> %d, test accuracy %.4f -> "
+                    "%.4f", metrics["params_before"], metrics["params_after"],
+                    metrics["macs_before"], metrics["macs_after"], distilled_acc,
+                    metrics["test_accuracy"])
+        return StageResult(outputs={"program": program, "state": state}, metrics=metrics)
+
+    def _taylor_gradients(self, ctx: Context, student: nn.Module,
+                          teacher_logits: torch.Tensor) -> None:
+        """Gradients of the recovery loss for the Taylor criterion (on the CPU, like pruning)."""
+        from edgecompress.prune.importance import accumulate_gradients
+
+        cfg, bundle = ctx.recipe.stages.prune, ctx.bundle
+        student.cpu()
+
+        def loss_fn(logits: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return distillation_loss(logits, teacher_logits[idx], yb, alpha=cfg.alpha,
+                                     temperature=cfg.temperature)
+
+        accumulate_gradients(student, loss_fn, bundle.train.x, bundle.train.y,
+                             batches=cfg.taylor_batches, batch_size=cfg.batch_size,
+                             seed=ctx.recipe.seed)
+
+    def _recover(self, ctx: Context, student: nn.Module, teacher_logits: torch.Tensor,
+                 step: int):
+        """Distillation fine-tuning of the pruned student (best validation epoch kept)."""
+        cfg, bundle, device = ctx.recipe.stages.prune, ctx.bundle, ctx.dist.device
+        targets = teacher_logits.to(device)
+
+        def loss_fn(module: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
+                    idx: torch.Tensor) -> torch.Tensor:
+            return distillation_loss(module(xb), targets[idx.to(device)], yb, alpha=cfg.alpha,
+                                     temperature=cfg.temperature)
+
+        return train(student, student, loss_fn, x_train=bundle.train.x, y_train=bundle.train.y,
+                     x_val=bundle.val.x, y_val=bundle.val.y, epochs=cfg.recovery_epochs,
+                     lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                     patience=cfg.recovery_epochs, seed=ctx.recipe.seed + step,
+                     dist_info=ctx.dist, desc=f"prune[step {step}]")
+
+
+def _check_reload(model: nn.Module, reloaded: nn.Module, x: np.ndarray) -> float:
+    """Prove the saved program reproduces the pruned module before anything trusts it.
+
+    Raises:
+        ParityError: The logits differ by more than :data:`RELOAD_ATOL`.
+    """
+    cpu = torch.device("cpu")
+    diff = float(np.max(np.abs(predict_logits(model, x, cpu) - predict_logits(reloaded, x, cpu))))
+    if not diff <= RELOAD_ATOL:
+        raise ParityError(f"the saved pruned student differs from the pruned model by {diff:.3g} "
+                          f"(> {RELOAD_ATOL:g}) on the test split")
+    return diff

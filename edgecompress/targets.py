@@ -1,0 +1,248 @@
+"""Target profiles: YAML files in ``targets/`` describing a deployment device as data.
+
+A profile says which backend and precision run the model, with how many threads, on what input
+shape, within which latency/accuracy budgets, and how the device is reached (this machine, ssh or
+adb). Profiles are validated strictly (unknown keys are errors) but, unlike recipe targets, may
+name backends this version does not implement yet (``tflite``, ``tensorrt``): describing a Jetson
+must not require TensorRT on the laptop that lists it. Whether a profile can run *here* is a
+separate question answered by :func:`profile_availability`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from edgecompress.errors import ConfigError
+from edgecompress.recipe import GateConfig
+
+logger = logging.getLogger(__name__)
+
+PROFILE_VERSION = 1
+#: Overrides where profiles are looked up by name (a directory).
+TARGETS_DIR_ENV = "EDGECOMPRESS_TARGETS_DIR"
+#: Recipe target fields a profile may fill.
+_FILLED = ("backend", "precision", "threads", "batch_size", "warmup", "runs", "max_seconds",
+           "min_runs")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Connection(_Strict):
+    """How the device is reached; only ``local`` can be benchmarked by this version."""
+
+    kind: Literal["local", "ssh", "adb"] = Field("local", description="local: this machine; "
+                                                 "ssh: a Linux board; adb: an Android device.")
+    host: str | None = Field(None, description="ssh: host name or address.")
+    user: str | None = Field(None, description="ssh: login user.")
+    port: int | None = Field(None, ge=1, le=65535, description="ssh port (default 22).")
+    serial: str | None = Field(None, description="adb: device serial (default: the only one).")
+    workdir: str | None = Field(None, description="Directory on the device for artifacts.")
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> Connection:
+        if self.kind == "ssh" and not self.host:
+            raise ValueError("connection kind 'ssh' needs 'host'")
+        if self.kind != "ssh" and (self.host or self.user or self.port):
+            raise ValueError(f"host/user/port are ssh fields, not valid for kind '{self.kind}'")
+        if self.kind != "adb" and self.serial:
+            raise ValueError(f"serial is an adb field, not valid for kind '{self.kind}'")
+        return self
+
+
+class Requirements(_Strict):
+    """What the machine running the engine must have (checked against /proc/cpuinfo)."""
+
+    arch: Literal["x86_64", "aarch64"] | None = Field(None, description="CPU architecture.")
+    cpu_flags: list[str] = Field(default_factory=list, description="Instruction-set flags as "
+                                 "/proc/cpuinfo spells them (avx2, avx512_vnni, asimddp, ...).")
+
+
+class TargetProfile(_Strict):
+    """One device profile (``targets/<name>.yaml``)."""
+
+    version: Literal[1] = Field(PROFILE_VERSION, description="Profile schema version.")
+    name: str = Field(description="Profile name (the file stem by convention).")
+    description: str = Field("", description="What the device is, in a sentence.")
+    backend: str = Field(description="Backend name; may be one this version does not "
+                         "implement yet (then the profile is listed as not runnable).")
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="Engine precision.")
+    threads: int = Field(1, ge=1, description="Intra-op threads.")
+    batch_size: int = Field(1, ge=1, description="Batch size of the latency measurement.")
+    input_shape: list[int] | None = Field(None, min_length=2, description="[N, C, H, W] the "
+                                          "engine is timed on; null: the data's/model's shape.")
+    warmup: int = Field(20, ge=0, description="Untimed warm-up runs.")
+    runs: int = Field(200, ge=50, description="Timed runs (the most, with max_seconds).")
+    max_seconds: float | None = Field(None, gt=0, description="Time budget of the timed loop.")
+    min_runs: int = Field(50, ge=10, description="With max_seconds: timed runs always made.")
+    requires: Requirements = Field(default_factory=Requirements)
+    connection: Connection = Field(default_factory=Connection)
+    budgets: GateConfig = Field(default_factory=GateConfig, description="Latency/accuracy/size "
+                                "budgets; they become gate thresholds of targets using this "
+                                "profile.")
+
+    @model_validator(mode="after")
+    def _shape_matches_batch(self) -> TargetProfile:
+        if self.input_shape is not None:
+            if any(d < 1 for d in self.input_shape):
+                raise ValueError(f"input_shape {self.input_shape}: dimensions must be >= 1")
+            if self.input_shape[0] != self.batch_size:
+                raise ValueError(f"input_shape[0] ({self.input_shape[0]}) must equal batch_size "
+                                 f"({self.batch_size})")
+        return self
+
+    def fill_target(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """A recipe target mapping with this profile's values where the recipe left a gap."""
+        out = {k: v for k, v in raw.items()}
+        out.setdefault("name", self.name)
+        for key in _FILLED:
+            if key not in out and getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        budgets = self.budgets.model_dump(exclude_defaults=True)
+        out["gate"] = {**budgets, **(out.get("gate") or {})}
+        return out
+
+
+def targets_dir() -> Path:
+    """Where profiles are looked up by name: $EDGECOMPRESS_TARGETS_DIR, else the checkout's
+    ``targets/`` (next to the package, so ``pip install -e .`` finds it)."""
+    env = os.environ.get(TARGETS_DIR_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "targets"
+
+
+def profile_paths() -> dict[str, Path]:
+    """Profile name -> file, for every ``*.yaml`` in :func:`targets_dir`."""
+    folder = targets_dir()
+    if not folder.is_dir():
+        return {}
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid target profile"]
+    for item in err.errors():
+        loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_profile(raw: Any, source: str) -> TargetProfile:
+    """Validate a parsed mapping into a :class:`TargetProfile`.
+
+    Raises:
+        ConfigError: naming ``source`` and every bad key.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a target profile must be a mapping")
+    try:
+        return TargetProfile.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def load_profile(name_or_path: str | Path) -> TargetProfile:
+    """Load a profile by name (``x86-avx512``) or by YAML path.
+
+    Raises:
+        ConfigError: unknown name (the message lists the known ones), unreadable or invalid file.
+    """
+    text = str(name_or_path)
+    if text.endswith((".yaml", ".yml")) or os.sep in text:
+        path = Path(text)
+        if not path.is_file():
+            raise ConfigError(f"target profile file not found: {path}")
+    else:
+        known = profile_paths()
+        if text not in known:
+            raise ConfigError(f"unknown target profile {text!r}; known profiles: "
+                              f"{', '.join(known) or f'none (no YAML in {targets_dir()})'}")
+        path = known[text]
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: not readable YAML: {err}") from None
+    return parse_profile(raw, str(path))
+
+
+def cpu_flags() -> set[str]:
+    """Every instruction-set flag of this CPU (x86 ``flags`` / Arm ``Features`` lines)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def machine_reasons(profile: TargetProfile, *, flags: set[str] | None = None,
+                    machine: str | None = None) -> list[str]:
+    """Why this machine is not the profile's device: remote connection, architecture, ISA."""
+    reasons = []
+    conn = profile.connection
+    if conn.kind != "local":
+        where = conn.host if conn.kind == "ssh" else (conn.serial or "a device")
+        reasons.append(f"needs a remote device over {conn.kind} ({where}); remote runs are not "
+                       "implemented yet")
+    else:
+        machine = machine or platform.machine()
+        if profile.requires.arch and profile.requires.arch != machine:
+            reasons.append(f"needs {profile.requires.arch}, this machine is {machine}")
+        have = cpu_flags() if flags is None else flags
+        missing = [f for f in profile.requires.cpu_flags if f not in have]
+        if missing:
+            reasons.append(f"instruction set missing: {', '.join(missing)}")
+    return reasons
+
+
+def profile_availability(profile: TargetProfile, *, flags: set[str] | None = None,
+                         machine: str | None = None) -> tuple[bool, list[str]]:
+    """Whether ``profile`` can be benchmarked on this machine, with every reason it cannot.
+
+    Checks, in order: the backend is implemented and supports the precision, the device is this
+    machine, the architecture and instruction sets match, and the runtime is installed.
+    """
+    from edgecompress.backends import BACKENDS
+
+    reasons = []
+    backend_cls = BACKENDS.get(profile.backend)
+    if backend_cls is None:
+        reasons.append(f"backend '{profile.backend}' is not implemented in this version "
+                       f"(registered: {', '.join(sorted(BACKENDS))})")
+    elif profile.precision not in backend_cls.capabilities.precisions:
+        reasons.append(f"backend '{profile.backend}' does not support {profile.precision} yet "
+                       f"(supports {', '.join(backend_cls.capabilities.precisions)})")
+    reasons += machine_reasons(profile, flags=flags, machine=machine)
+    if backend_cls is not None:
+        ok, why = backend_cls().availability()
+        if not ok:
+            reasons.append(f"runtime missing: {why}")
+    return not reasons, reasons
+
+
+def list_profiles() -> list[dict[str, Any]]:
+    """Every profile with its availability here; an invalid file is listed with its error."""
+    rows = []
+    for name, path in profile_paths().items():
+        try:
+            profile = load_profile(path)
+        except ConfigError as err:
+            rows.append({"name": name, "path": str(path), "runnable": False,
+                         "reasons": [str(err)]})
+            continue
+        ok, reasons = profile_availability(profile)
+        rows.append({"name": profile.name, "path": str(path), "backend": profile.backend,
+                     "precision": profile.precision, "threads": profile.threads,
+                     "connection": profile.connection.kind, "runnable": ok, "reasons": reasons})
+    return rows

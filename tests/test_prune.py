@@ -186,6 +186,8 @@ def test_pipeline_with_pruning_reports_the_pruned_student(write_recipe, tmp_path
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["params"] == metrics["params_after"] < metrics["params_before"]
     assert report["student"]["macs"] == metrics["macs_after"]
+    assert report["student"]["accuracy_fp32"] == metrics["test_accuracy"]
+    assert [s["name"] for s in report["stages"]].count("prune") == 1
     assert report["targets"][0]["status"] == "ok"
     assert report["targets"][0]["parity"]["top1_agreement"] >= 0.99
     assert (out / "prune" / "student.pt2").is_file()

@@ -35,7 +35,7 @@ class ReportStage(Stage):
 
     def inputs(self, ctx: Context) -> dict[str, Any]:
         return {name: ctx.run_dir / name / "stage.json"
-                for name in ("data", "finetune", "distill", "export", "bench")}
+                for name in UPSTREAM_STAGES}
 
     def run(self, ctx: Context) -> StageResult:
         report = build_report(ctx)
@@ -54,6 +54,10 @@ class ReportStage(Stage):
             raise BackendUnavailable(f"no target could run on this machine ({reasons}); "
                                      f"report written to {json_path}")
         return StageResult(outputs=outputs, metrics={"gate_passed": report["gate"]["passed"]})
+
+
+# Stages whose manifests feed the report, in pipeline order.
+UPSTREAM_STAGES = ("data", "finetune", "distill", "prune", "export", "bench")
 
 
 def build_report(ctx: Context) -> dict[str, Any]:
@@ -76,8 +80,12 @@ def build_report(ctx: Context) -> dict[str, Any]:
             entry["accuracy_drop"] = accuracy_drop_pp(entry["teacher_accuracy"], entry["accuracy"])
         targets.append(entry)
     baseline = distill.get("baseline", {}).get("test_accuracy")
+    prune = read_stage_manifest(run_dir, "prune").get("metrics", {})
+    # The exported student is the pruned one when pruning ran: report its accuracy.
+    student_acc = prune["test_accuracy"] if prune.get("enabled") else \
+        distill["student"]["test_accuracy"]
     stages = []
-    for name in ("data", "finetune", "distill", "export", "bench"):
+    for name in UPSTREAM_STAGES:
         manifest = read_stage_manifest(run_dir, name)
         metrics = {k: v for k, v in manifest.get("metrics", {}).items() if k != "history"}
         stages.append({"name": name, "seconds": manifest.get("seconds"), "metrics": metrics})
@@ -90,7 +98,8 @@ def build_report(ctx: Context) -> dict[str, Any]:
         "teacher": {"accuracy": teacher_acc, "params": count_params(teacher),
                     "macs": count_macs(teacher, shape),
                     "size_bytes": export["teacher"]["size_bytes"]},
-        "student": {"accuracy_fp32": distill["student"]["test_accuracy"],
+        "student": {"accuracy_fp32": student_acc,
+                    "accuracy_fp32_distilled": distill["student"]["test_accuracy"],
                     "params": count_params(student), "macs": count_macs(student, shape),
                     "size_bytes": export["student"]["size_bytes"],
                     "baseline_accuracy_fp32": baseline,

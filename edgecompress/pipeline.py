@@ -126,6 +126,7 @@ def preflight(ctx: Context) -> None:
     """
     from edgecompress.backends import get_backend
     from edgecompress.stages.common import build_student, build_teacher_arch
+    from edgecompress.stages.losses import FeatureTaps
 
     bundle = ctx.bundle
     logger.info("data: %s, %d classes, input %s, train/val/test %d/%d/%d", bundle.name,
@@ -133,8 +134,6 @@ def preflight(ctx: Context) -> None:
                 len(bundle.test.y))
     teacher, _ = build_teacher_arch(ctx)
     student = build_student(ctx)
-    from edgecompress.stages.losses import FeatureTaps
-
     for feature in ctx.recipe.stages.distill.features:  # layer names exist (hooks removed again)
         FeatureTaps(teacher, [feature.teacher], "teacher").remove()
         FeatureTaps(student, [feature.student], "student").remove()

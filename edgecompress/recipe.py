@@ -112,7 +112,7 @@ class DistillConfig(_Strict):
 
     enabled: bool = Field(True, description="Run the stage.")
     epochs: int = Field(40, ge=1, description="Maximum epochs.")
-    lr: float = Field(5e-3, gt=0, description="AdamW learning rate (cosine schedule).")
+    lr: float = Field(5e-3, gt=0, description="AdamW peak learning rate (one-cycle schedule).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(64, ge=1, description="Per-process batch size.")
     temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the KD term.")

@@ -80,7 +80,7 @@ def train(model: nn.Module, trainable: nn.Module, loss_fn: LossFn, *,
           epochs: int, lr: float, weight_decay: float, batch_size: int, patience: int,
           seed: int, dist_info: DistInfo, desc: str,
           on_epoch_start: Callable[[int], None] | None = None) -> TrainResult:
-    """Train ``trainable`` (which contains ``model``) with AdamW + cosine LR and early stopping.
+    """Train ``trainable`` (which contains ``model``) with AdamW + one-cycle LR and early stopping.
 
     Args:
         model: the classifier whose validation accuracy selects the best epoch and whose
@@ -93,7 +93,7 @@ def train(model: nn.Module, trainable: nn.Module, loss_fn: LossFn, *,
     device = dist_info.device
     trainable.to(device)
     wrapped: nn.Module = trainable
-    params = [p for p in trainable.parameters()]
+    params = list(trainable.parameters())
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     n = len(x_train)
     per_rank = n // dist_info.world_size

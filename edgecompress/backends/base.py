@@ -108,6 +108,14 @@ class Backend(ABC):
     def load(self, artifact: Path, *, threads: int = 1) -> Runner:
         """Load an artifact written by :meth:`build` into a :class:`Runner`."""
 
+    def inspect(self, artifact: Path, *, precision: str) -> dict[str, Any]:
+        """What the engine really runs, for the report: e.g. ``{"int8_kernels": {...},
+        "fp32_nodes": [...]}`` so a quantized model that silently runs in float is visible.
+
+        The default knows nothing; backends that can look inside their engine override it.
+        """
+        return {}
+
     def validate(self, precision: str, threads: int) -> None:
         """Reject a precision or thread count this backend cannot honour, before any work runs.
 

@@ -62,10 +62,11 @@ def default_stages() -> list[Stage]:
     from edgecompress.stages.export import ExportStage
     from edgecompress.stages.finetune import FinetuneStage
     from edgecompress.stages.prune import PruneStage
+    from edgecompress.stages.qat import QatStage
     from edgecompress.stages.report import ReportStage
 
-    return [DataStage(), FinetuneStage(), DistillStage(), PruneStage(), ExportStage(),
-            BenchStage(), ReportStage()]
+    return [DataStage(), FinetuneStage(), DistillStage(), PruneStage(), QatStage(),
+            ExportStage(), BenchStage(), ReportStage()]
 
 
 def run_identity(recipe: Recipe) -> str:
@@ -142,6 +143,9 @@ def preflight(ctx: Context) -> None:
     check_prune(ctx, student)  # ignored layers exist, the budget is reachable
     for target in ctx.recipe.targets:
         get_backend(target.backend).validate(target.precision, target.threads)
+    from edgecompress.stages.qat import check_qat
+
+    check_qat(ctx.recipe)  # int8 targets: qat enabled, each preset fits its backend
 
 
 class Pipeline:

@@ -187,10 +187,52 @@ class PruneConfig(_Strict):
         return self
 
 
-class QatConfig(_Strict):
-    """INT8 quantization-aware training (arrives with the pruning/QAT change)."""
+QAT_MODES = ("qat", "ptq")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 
-    enabled: Literal[False] = Field(False, description="Not available in this version.")
+
+class QatConfig(_Strict):
+    """INT8: quantization-aware training (or calibration-only PTQ) of the final student.
+
+    One quantized model is produced per preset the int8 targets need (``ort-x86`` for ONNX
+    Runtime, ``tensorrt``, ``tflite``), all from the same pruned student.
+    """
+
+    enabled: bool = Field(False, description="Run the stage (needed by every int8 target).")
+    mode: Literal["qat", "ptq"] = Field("qat", description="qat: fake-quant training with the "
+                                        "teacher distilling; ptq: calibration only (no labels "
+                                        "or training needed).")
+    epochs: int = Field(4, ge=1, description="QAT epochs (short: the student is already trained).")
+    lr: float = Field(5e-4, gt=0, description="AdamW learning rate of QAT (cosine decay).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    batch_size: int = Field(64, ge=1, description="QAT batch size.")
+    temperature: float = Field(4.0, gt=0, description="KD temperature while fine-tuning.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the KD term (vs hard labels).")
+    freeze_observers_after: int | None = Field(None, ge=0, description="Optimizer steps after "
+                                               "which quantization ranges stop updating "
+                                               "(default: half of the QAT steps).")
+    freeze_bn_after: int | None = Field(None, ge=0, description="Optimizer steps after which "
+                                        "BatchNorm statistics are frozen (default: 2/3 of the "
+                                        "QAT steps).")
+    calibration: Literal["minmax", "percentile", "entropy"] = Field(
+        "minmax", description="PTQ range estimation on the saved calibration set.")
+    percentile: float = Field(99.99, gt=50, le=100, description="Percentile of the "
+                              "'percentile' calibration.")
+    sensitivity: bool = Field(False, description="Measure each conv/linear layer's accuracy drop "
+                              "when it alone is quantized (written to the report).")
+    max_accuracy_drop: float | None = Field(None, ge=0, description="Accuracy criterion: keep "
+                                            "the most sensitive layers in FP32 until the int8 "
+                                            "model is within this many pp of the FP32 student "
+                                            "on the validation split (implies sensitivity).")
+    max_fallback_layers: int = Field(4, ge=1, description="Most layers the accuracy criterion "
+                                     "may keep in FP32.")
+    keep_fp32: list[str] = Field(default_factory=list, description="Layers (dotted module names) "
+                                 "always kept in FP32.")
+    rtol: float = Field(0.05, gt=0, description="Max abs logit difference accepted between the "
+                        "exported int8 model and the PyTorch int8 model, relative to the "
+                        "largest |logit| (runtimes may round a value one int8 step apart).")
+    min_top1_agreement: float = Field(0.98, ge=0, le=1, description="Min top-1 agreement between "
+                                      "the exported int8 model and the PyTorch int8 model.")
 
 
 class ExportConfig(_Strict):
@@ -253,6 +295,8 @@ class TargetConfig(_Strict):
     backend: str = Field("onnxruntime", description="Registered backend name.")
     precision: str = Field("fp32", description="Engine precision (must be supported by the "
                            "backend).")
+    quant_preset: str | None = Field(None, description="INT8 preset (ort-x86, tensorrt, "
+                                     "tflite) of an int8 target; default: the backend's own.")
     threads: int = Field(1, ge=1, description="Intra-op threads for the benchmark.")
     batch_size: int = Field(1, ge=1, description="Batch size of the latency measurement.")
     warmup: int = Field(20, ge=0, description="Untimed warm-up runs.")

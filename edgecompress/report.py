@@ -160,6 +160,42 @@ def _speedup(value: Any) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _int8_section(report: dict[str, Any]) -> list[str]:
+    """INT8 kernels per engine, and per preset the int8-vs-FP32 student accuracy and the layers
+    left in FP32 (never silent)."""
+    lines: list[str] = []
+    engines = [e for e in report["targets"] if e["status"] == "ok" and "int8_kernels" in e]
+    quant = report.get("quantization") or {}
+    if not engines and not quant:
+        return lines
+    lines += ["", "## INT8", ""]
+    for e in engines:
+        kernels = ", ".join(f"{op} x{n}" for op, n in e["int8_kernels"].items()) or "none"
+        fp32 = ", ".join(e.get("fp32_nodes") or []) or "none"
+        lines.append(f"- **{e['name']}** engine: int8 kernels {kernels}; conv/linear left in "
+                     f"FP32: {fp32}")
+    if quant:
+        lines += ["", "| preset | mode | int8 test accuracy | FP32 student | drop vs FP32 (pp) | "
+                  "int8 layers | FP32 layers |", "|---|---|---:|---:|---:|---:|---|"]
+        for name, p in quant.get("presets", {}).items():
+            if p.get("status") != "ok":
+                lines.append(f"| {name} | {p.get('status')}: {p.get('reason', '')} | | | | | |")
+                continue
+            lines.append(f"| {name} | {quant['mode']} | {_fmt(p.get('test_accuracy'))} | "
+                         f"{_fmt(quant.get('fp32_test_accuracy'))} | "
+                         f"{_fmt(p.get('test_drop_vs_fp32_pp'), '.2f')} | "
+                         f"{len(p.get('layers_quantized') or [])} | "
+                         f"{', '.join(p.get('fp32_layers') or []) or '-'} |")
+        for name, p in quant.get("presets", {}).items():
+            if p.get("sensitivity"):
+                lines += ["", f"Layer sensitivity ({name}, one layer int8 at a time, "
+                          "validation split), most sensitive first:", "",
+                          "| layer | drop (pp) | logit MSE |", "|---|---:|---:|"]
+                lines += [f"| {s['layer']} | {s['accuracy_drop_pp']:.2f} | "
+                          f"{s['logit_mse']:.3g} |" for s in p["sensitivity"]]
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """A human-readable summary of a report.json document (teacher-less reports included)."""
     env = report.get("environment") or {}
@@ -204,6 +240,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"{_fmt(par.get('top1_agreement'))} | "
                          f"{_fmt(par.get('max_abs_diff'), '.2e')} | "
                          f"{_fmt(par.get('snr_db'), '.1f')} |")
+    lines += _int8_section(report)
     gate = report["gate"]
     lines += ["", "## Gate", "", "**PASSED**" if gate["passed"] else "**FAILED**"]
     lines += [f"- {v}" for v in gate["violations"]]

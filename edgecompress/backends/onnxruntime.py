@@ -25,9 +25,19 @@ logger = logging.getLogger(__name__)
 
 ARTIFACT_NAME = "model.onnx"
 OPTIMIZED_NAME = "model.optimized.onnx"
+#: Written next to an int8 engine: how to load it and what ORT fused (read by load/inspect).
+ENGINE_INFO_NAME = "engine.json"
 
 # precision -> name of the OnnxRuntimeBackend method that builds it.
-_BUILDERS: dict[str, str] = {"fp32": "_build_fp32"}
+_BUILDERS: dict[str, str] = {"fp32": "_build_fp32", "int8": "_build_int8"}
+
+# A Linear whose output has no Q is a MatMul+Add in QDQ form; ORT's MatMulAddFusion would turn
+# it into a float Gemm before the QDQ fusion sees it, so no int8 kernel would run.
+# WeightBiasQuantization quantizes the float weights of a conv/linear that sits between a DQ
+# and a Q on its own (per-tensor): it would undo the layers the recipe keeps in FP32 on purpose
+# (accuracy fallback). The QDQ model already says exactly what is quantized, and the build
+# quantizes the float biases itself (quant.onnx_passes.quantize_biases).
+INT8_DISABLED_OPTIMIZERS = ("MatMulAddFusion", "WeightBiasQuantization")
 
 # ORT log severity: 3 = errors only. Its warnings (e.g. "optimized model may contain hardware
 # specific optimizations") are expected here and would only clutter the CLI output.
@@ -115,12 +125,15 @@ class OnnxRuntimeBackend(Backend):
         so.log_severity_level = _ORT_LOG_ERRORS_ONLY
         return so
 
-    def _session(self, ort: ModuleType, model: Path, so: Any) -> Any:
+    def _session(self, ort: ModuleType, model: Path, so: Any,
+                 disabled_optimizers: tuple[str, ...] = ()) -> Any:
         """Create a CPU session, turning ORT's load failures into ``ModelError``."""
         if not model.is_file():
             raise ModelError(f"ONNX model not found: {model}")
+        kwargs = {"disabled_optimizers": list(disabled_optimizers)} if disabled_optimizers else {}
         try:
-            return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"],
+                                        **kwargs)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelError(f"onnxruntime cannot load {model}: {first}") from exc
@@ -151,6 +164,72 @@ class OnnxRuntimeBackend(Backend):
         logger.info("onnxruntime fp32 engine: %s (optimized graph: %s)", artifact, OPTIMIZED_NAME)
         return artifact
 
+    def _build_int8(self, source: Path, out_dir: Path, **options: Any) -> Path:
+        """Publish a QDQ model as an int8 engine: uint8 activation rewrite, ORT's optimized
+        graph saved for inspection, and ``engine.json`` with the int8 kernel census.
+
+        Raises:
+            ModelError: ``source`` holds no QuantizeLinear (a float model cannot be an int8
+                engine: it would silently run in FP32).
+        """
+        self.check_options("int8", options)
+        from edgecompress.quant.onnx_passes import (
+            activation_dtypes,
+            compute_node_count,
+            kernel_census,
+            load,
+            quantize_biases,
+            rewrite_int8_activations_to_uint8,
+            strip_metadata,
+        )
+
+        ort = self._ort()
+        import onnx
+
+        if not Path(source).is_file():
+            raise ModelError(f"ONNX model not found: {source}")
+        model = load(source)
+        if not any(n.op_type == "QuantizeLinear" for n in model.graph.node):
+            raise ModelError(f"{source}: precision int8 needs a quantized (QDQ) model, but it has "
+                             "no QuantizeLinear node; enable the qat stage or quantize it first")
+        compute_nodes = compute_node_count(model)
+        before = dict(activation_dtypes(model))
+        rewritten = rewrite_int8_activations_to_uint8(model)
+        biases = quantize_biases(model)
+        strip_metadata(model)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        artifact = out_dir / ARTIFACT_NAME
+        with atomic_path(artifact) as tmp:
+            onnx.save(model, str(tmp))
+            with atomic_path(out_dir / OPTIMIZED_NAME) as opt:
+                so = self._session_options(ort, threads=1)
+                so.optimized_model_filepath = str(opt)
+                self._session(ort, tmp, so, INT8_DISABLED_OPTIMIZERS)
+            census = kernel_census(load(out_dir / OPTIMIZED_NAME))
+        info = {"precision": "int8", "disabled_optimizers": list(INT8_DISABLED_OPTIMIZERS),
+                "activation_dtypes_in_source": before, "uint8_rewrites": rewritten, "int32_biases": biases,
+                "compute_nodes": compute_nodes, **census}
+        from edgecompress.io import atomic_write_json
+
+        atomic_write_json(out_dir / ENGINE_INFO_NAME, info)
+        fused = sum(census["int8_kernels"].values())
+        log = logger.warning if census["fp32_nodes"] else logger.info
+        log("onnxruntime int8 engine %s: %d int8 kernels %s, %d float conv/linear nodes%s",
+            artifact, fused, census["int8_kernels"], len(census["fp32_nodes"]),
+            f" ({', '.join(census['fp32_nodes'])})" if census["fp32_nodes"] else "")
+        return artifact
+
+    def inspect(self, artifact: Path, *, precision: str) -> dict[str, Any]:
+        """For int8 engines: ``int8_kernels`` and ``fp32_nodes`` from ``engine.json``."""
+        if precision != "int8":
+            return {}
+        info = _engine_info(Path(artifact))
+        if not info:
+            return {}
+        return {"int8_kernels": info.get("int8_kernels", {}),
+                "fp32_nodes": info.get("fp32_nodes", []),
+                "uint8_rewrites": info.get("uint8_rewrites", 0)}
+
     def load(self, artifact: Path, *, threads: int = 1) -> Runner:
         """Open ``artifact`` in a CPU session with ``threads`` intra-op threads."""
         self.validate_threads(threads)
@@ -161,5 +240,19 @@ class OnnxRuntimeBackend(Backend):
                 f"suffixes: {', '.join(self.capabilities.artifact_suffixes)}"
             )
         ort = self._ort()
-        session = self._session(ort, artifact, self._session_options(ort, threads))
+        disabled = tuple(_engine_info(artifact).get("disabled_optimizers", ()))
+        session = self._session(ort, artifact, self._session_options(ort, threads), disabled)
         return OnnxRuntimeRunner(session, threads)
+
+
+def _engine_info(artifact: Path) -> dict[str, Any]:
+    """The ``engine.json`` written next to an int8 engine ({} for fp32 engines)."""
+    import json
+
+    path = artifact.parent / ENGINE_INFO_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelError(f"{path}: unreadable engine description: {err}") from None

@@ -124,7 +124,7 @@ def _export_to(model: nn.Module, sample: torch.Tensor, tmp: Path, opset: int,
 
 
 def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, *, opset: int = 18,
-                dynamic_batch: bool = True) -> Path:
+                dynamic_batch: bool = True, switch_mode: bool = True) -> Path:
     """Export ``model`` to a single self-contained, checker-valid ONNX file, atomically.
 
     Args:
@@ -133,6 +133,8 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, *, ops
         path: Destination ``.onnx`` file.
         opset: ONNX opset; at least 18 (the dynamo exporter's minimum that we support).
         dynamic_batch: Make dimension 0 symbolic so any batch size runs.
+        switch_mode: Put the model in eval mode for the export (and restore it after). Off for
+            PT2E graph modules, which refuse ``.eval()`` and are already in eval form.
 
     Returns:
         ``path`` as a :class:`Path`.
@@ -151,7 +153,8 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, *, ops
     final = Path(path)
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if dynamic_batch else None
     was_training = model.training
-    model.eval()
+    if switch_mode:
+        model.eval()
     try:
         with atomic_path(final) as tmp:
             try:
@@ -165,7 +168,8 @@ def export_onnx(model: nn.Module, sample: torch.Tensor, path: str | Path, *, ops
                 # An external-data export (or a failed one) may leave "<tmp>.data" behind.
                 tmp.with_name(tmp.name + ".data").unlink(missing_ok=True)
     finally:
-        model.train(was_training)
+        if switch_mode:
+            model.train(was_training)
     logger.info("exported %s to %s (opset %d, %.1f KiB)", type(model).__name__, final, opset,
                 final.stat().st_size / 1024)
     return final

@@ -29,9 +29,16 @@ class BenchStage(Stage):
         return {"targets": recipe_to_dict(ctx.recipe)["targets"]}
 
     def inputs(self, ctx: Context) -> dict[str, Any]:
-        return {"student_onnx": ctx.run_dir / "export" / "student.onnx",
-                "teacher_onnx": ctx.run_dir / "export" / "teacher.onnx",
-                "student": final_student_source(ctx)}
+        from edgecompress.stages.qat import preset_artifact, preset_reference, required_presets
+
+        files = {"student_onnx": ctx.run_dir / "export" / "student.onnx",
+                 "teacher_onnx": ctx.run_dir / "export" / "teacher.onnx",
+                 "student": final_student_source(ctx)}
+        if ctx.recipe.stages.qat.enabled:
+            for preset in required_presets(ctx.recipe):
+                files[f"{preset}_int8"] = preset_artifact(ctx.run_dir, preset)
+                files[f"{preset}_reference"] = preset_reference(ctx.run_dir, preset)
+        return files
 
     def run(self, ctx: Context) -> StageResult:
         bundle = ctx.bundle
@@ -77,8 +84,12 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
     bundle = ctx.bundle
     engine_dir = ctx.run_dir / "engines" / target.name
     export_dir = ctx.run_dir / "export"
-    student_art = backend.build(export_dir / "student.onnx", engine_dir,
-                                precision=target.precision)
+    source, reference_logits, preset = student_source(ctx, target, reference_logits)
+    if not source.is_file():
+        reason = f"no {preset} int8 model was produced ({source.name} missing: see the qat stage)"
+        logger.warning("%s: skipped: %s", target.name, reason)
+        return {**entry, "status": "skipped", "reason": reason}
+    student_art = backend.build(source, engine_dir, precision=target.precision)
     teacher_art = backend.build(export_dir / "teacher.onnx", engine_dir / "teacher",
                                 precision="fp32")
     measured = {}
@@ -95,8 +106,11 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
         logger.info("%s %s: accuracy %.4f, p50 %.4f ms", target.name, role,
                     measured[role]["accuracy"], measured[role]["latency_ms"]["p50"])
     s_lat, t_lat = measured["student"]["latency_ms"], measured["teacher"]["latency_ms"]
+    if preset:
+        entry["quant_preset"] = preset
     return {
-        **entry, "status": "ok", "reason": "",
+        **entry, "status": "ok", "reason": "", **backend.inspect(student_art,
+                                                                  precision=target.precision),
         "artifact": _rel(ctx, student_art), "size_bytes": Path(student_art).stat().st_size,
         "teacher_artifact": _rel(ctx, teacher_art),
         "teacher_size_bytes": Path(teacher_art).stat().st_size,
@@ -109,6 +123,28 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
         # report.json where they would dominate the size.
         "samples_ms": {role: measured[role]["samples_ms"] for role in ("student", "teacher")},
     }
+
+
+def student_source(ctx: Context, target: TargetConfig,
+                   fp32_reference) -> tuple[Path, Any, str | None]:
+    """The file the target's student engine is built from, the logits its outputs are compared
+    with, and the INT8 preset (None for float targets).
+
+    Float targets start from the exported FP32 ONNX and are compared with the float student; int8
+    targets start from their preset's quantized model and are compared with the PyTorch int8
+    model (comparing with the float student would blame the engine for quantization error).
+    """
+    if target.precision != "int8":
+        return ctx.run_dir / "export" / "student.onnx", fp32_reference, None
+    import numpy as np
+
+    from edgecompress.quant.presets import preset_for_target
+    from edgecompress.stages.qat import preset_artifact, preset_reference
+
+    preset = preset_for_target(target.backend, target.quant_preset)
+    ref_path = preset_reference(ctx.run_dir, preset)
+    reference = np.load(ref_path) if ref_path.is_file() else fp32_reference
+    return preset_artifact(ctx.run_dir, preset), reference, preset
 
 
 def _rel(ctx: Context, path: str | Path) -> str:

@@ -57,7 +57,22 @@ class ReportStage(Stage):
 
 
 # Stages whose manifests feed the report, in pipeline order.
-UPSTREAM_STAGES = ("data", "finetune", "distill", "prune", "export", "bench")
+UPSTREAM_STAGES = ("data", "finetune", "distill", "prune", "qat", "export", "bench")
+
+
+def quantization_summary(qat: dict[str, Any]) -> dict[str, Any] | None:
+    """Per INT8 preset: mode, accuracy of the PyTorch int8 model vs the float student, which
+    layers are int8 and which stayed FP32 (and why: sensitivity, accuracy criterion)."""
+    if not qat.get("enabled"):
+        return None
+    out: dict[str, Any] = {"mode": qat["mode"], "fp32_test_accuracy": qat["fp32"]["test_accuracy"],
+                           "presets": {}}
+    keys = ("status", "reason", "targets", "test_accuracy", "test_drop_vs_fp32_pp",
+            "layers_quantized", "fp32_layers", "sensitivity", "accuracy_criterion", "parity",
+            "size_bytes", "rationale")
+    for name, entry in qat.get("presets", {}).items():
+        out["presets"][name] = {k: entry[k] for k in keys if k in entry}
+    return out
 
 
 def build_report(ctx: Context) -> dict[str, Any]:
@@ -104,6 +119,8 @@ def build_report(ctx: Context) -> dict[str, Any]:
                     "size_bytes": export["student"]["size_bytes"],
                     "baseline_accuracy_fp32": baseline,
                     "distillation_gain_pp": distill.get("distillation_gain_pp")},
+        "quantization": quantization_summary(read_stage_manifest(run_dir, "qat")
+                                             .get("metrics", {})),
         "stages": stages,
         "targets": targets,
         "gate": judge(targets, *recipe_thresholds(ctx.recipe)),

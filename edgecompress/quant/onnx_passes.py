@@ -1,0 +1,194 @@
+"""ONNX passes for QDQ models on ONNX Runtime: the uint8 activation rewrite and the int8-kernel
+census that proves a quantized model really runs int8 kernels.
+
+Why the rewrite: ONNX Runtime's x86 kernels multiply uint8 activations by int8 weights
+(``vpdpbusd``); a QDQ group with int8 activations (what TensorRT and symmetric schemes produce)
+fuses for only part of the convs and can end up slower than FP32. Re-expressing a symmetric int8
+activation Q/DQ pair as uint8 with zero point + 128 and the same scale is exact:
+``(q + 128 - (z + 128)) * s == (q - z) * s`` for every representable value.
+
+Why the census: a QDQ model whose groups do not match ORT's fusion rules still runs, in FP32,
+with extra Q/DQ work, i.e. silently slower and no smaller in compute. Counting the fused int8 ops
+in ORT's own optimized graph (``SessionOptions.optimized_model_filepath``) is the only reliable
+check, because fusion is decided by ORT at load time.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: ORT CPU ops that compute in int8/uint8 (contrib ops included).
+INT8_KERNELS = frozenset({
+    "QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearAdd",
+    "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat",
+    "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QAttention", "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat", "QLinearReduceMean", "QEmbedLayerNormalization", "NhwcQLinearConv",
+})
+#: Compute-heavy float ops that should have become int8 kernels in a quantized model.
+FLOAT_COMPUTE = frozenset({"Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul", "FusedGemm",
+                           "ConvTranspose", "Attention"})
+
+
+def _initializers(model: Any) -> dict[str, Any]:
+    return {init.name: init for init in model.graph.initializer}
+
+
+def rewrite_int8_activations_to_uint8(model: Any) -> int:
+    """Turn int8 *activation* QuantizeLinear/DequantizeLinear pairs into uint8 in place.
+
+    Weight DequantizeLinear nodes (whose input is an initializer) keep int8: ORT wants signed
+    weights. Returns the number of Q/DQ nodes rewritten.
+    """
+    from onnx import TensorProto, numpy_helper
+
+    inits = _initializers(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    renamed: dict[str, str] = {}
+    retyped: set[str] = set()
+    rewritten = 0
+
+    def uint8_zero_point(name: str) -> str | None:
+        init = inits.get(name)
+        if init is None or init.data_type != TensorProto.INT8:
+            return None
+        if name not in renamed:
+            zp = numpy_helper.to_array(init).astype(np.int16) + 128
+            new = numpy_helper.from_array(zp.astype(np.uint8), name=f"{name}_uint8")
+            model.graph.initializer.append(new)
+            inits[new.name] = new
+            renamed[name] = new.name
+        return renamed[name]
+
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3:
+            continue
+        src = node.input[0]
+        if node.op_type == "DequantizeLinear":
+            producer = producers.get(src)
+            # Only DQs fed by an activation Q; a weight DQ reads an initializer.
+            if src in inits or producer is None or producer.op_type != "QuantizeLinear":
+                continue
+        elif src in inits:
+            continue
+        new_zp = uint8_zero_point(node.input[2])
+        if new_zp is not None:
+            node.input[2] = new_zp
+            rewritten += 1
+            if node.op_type == "QuantizeLinear":
+                retyped.add(node.output[0])
+    # The exporter recorded the Q outputs' types; they are uint8 now.
+    for info in list(model.graph.value_info) + list(model.graph.output):
+        if info.name in retyped:
+            info.type.tensor_type.elem_type = TensorProto.UINT8
+    used = {name for node in model.graph.node for name in node.input}
+    for init in [i for i in model.graph.initializer if i.name in renamed and i.name not in used]:
+        model.graph.initializer.remove(init)
+    return rewritten
+
+
+def quantize_biases(model: Any) -> int:
+    """Give every quantized Conv/Gemm a float bias as int32 DequantizeLinear, in place.
+
+    ``bias_q = round(bias / (x_scale * w_scale))`` with zero point 0, per output channel, the
+    form ONNX Runtime's QLinearConv/QGemm take. ORT can do this itself (its
+    WeightBiasQuantization optimizer), but that optimizer also quantizes the *float* weights of
+    layers kept in FP32 on purpose; doing it here lets the engine disable it. A node counts as
+    quantized when both its input and its weight come from DequantizeLinear. Returns the number
+    of biases quantized.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = _initializers(model)
+    producers = {out: node for node in model.graph.node for out in node.output}
+    done = 0
+    new_nodes = []
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or len(node.input) < 3 or not node.input[2]:
+            continue
+        x_dq, w_dq = producers.get(node.input[0]), producers.get(node.input[1])
+        bias = inits.get(node.input[2])
+        if (x_dq is None or w_dq is None or bias is None or x_dq.op_type != "DequantizeLinear"
+                or w_dq.op_type != "DequantizeLinear" or bias.data_type != TensorProto.FLOAT):
+            continue
+        x_scale, w_scale = inits.get(x_dq.input[1]), inits.get(w_dq.input[1])
+        if x_scale is None or w_scale is None:
+            continue
+        scale = (numpy_helper.to_array(x_scale).astype(np.float64).reshape(())
+                 * numpy_helper.to_array(w_scale).astype(np.float64).reshape(-1))
+        b = numpy_helper.to_array(bias).astype(np.float64)
+        scale = np.broadcast_to(scale, b.shape).copy()
+        scale[scale == 0] = 1e-12
+        q = np.clip(np.round(b / scale), -(2**31), 2**31 - 1).astype(np.int32)
+        base = f"{node.input[2]}_{node.name or done}"
+        model.graph.initializer.extend([
+            numpy_helper.from_array(q, name=f"{base}_int32"),
+            numpy_helper.from_array(scale.astype(np.float32), name=f"{base}_scale"),
+            numpy_helper.from_array(np.zeros_like(q), name=f"{base}_zero_point")])
+        out = f"{base}_dequantized"
+        new_nodes.append(helper.make_node(
+            "DequantizeLinear", [f"{base}_int32", f"{base}_scale", f"{base}_zero_point"], [out],
+            name=f"{base}_DequantizeLinear", axis=0))
+        node.input[2] = out
+        done += 1
+    # Insert the new DQs at the front: their inputs are initializers, so order stays valid.
+    for n in reversed(new_nodes):
+        model.graph.node.insert(0, n)
+    used = {name for node in model.graph.node for name in node.input}
+    for init in [i for i in model.graph.initializer if i.name not in used]:
+        model.graph.initializer.remove(init)
+    return done
+
+
+def strip_metadata(model: Any) -> None:
+    """Drop the exporter's per-node metadata (stack traces, scopes) and doc strings in place.
+
+    The dynamo exporter records a Python stack trace on every node: for a small int8 model that
+    is several times the size of its weights, and an engine file should be weights and graph.
+    """
+    for node in model.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    model.doc_string = ""
+
+
+def activation_dtypes(model: Any) -> Counter[str]:
+    """Count activation QuantizeLinear nodes by zero-point dtype (``int8``/``uint8``)."""
+    from onnx import TensorProto
+
+    inits = _initializers(model)
+    out: Counter[str] = Counter()
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) >= 3:
+            init = inits.get(node.input[2])
+            if init is not None:
+                out[TensorProto.DataType.Name(init.data_type).lower()] += 1
+    return out
+
+
+def kernel_census(optimized: Any) -> dict[str, Any]:
+    """What ORT's optimized graph runs: int8 kernel counts and float compute nodes left.
+
+    Returns:
+        ``{"int8_kernels": {op: n}, "fp32_nodes": ["name (op)", ...], "ops": {op: n}}``.
+    """
+    ops = Counter(node.op_type for node in optimized.graph.node)
+    fp32 = [f"{node.name or node.output[0]} ({node.op_type})" for node in optimized.graph.node
+            if node.op_type in FLOAT_COMPUTE]
+    return {"int8_kernels": {op: n for op, n in sorted(ops.items()) if op in INT8_KERNELS},
+            "fp32_nodes": fp32, "ops": dict(sorted(ops.items()))}
+
+
+def compute_node_count(model: Any) -> int:
+    """Conv/linear-type nodes of a (QDQ or float) model: what should all become int8 kernels."""
+    return sum(1 for n in model.graph.node if n.op_type in FLOAT_COMPUTE)
+
+
+def load(path: Path) -> Any:
+    """``onnx.load`` with the model's external data (none for our artifacts)."""
+    import onnx
+
+    return onnx.load(str(path))

@@ -1,0 +1,246 @@
+"""INT8 presets for ONNX targets: ``ort-x86`` (ONNX Runtime on x86) and ``tensorrt``.
+
+Both use the project's annotator (:mod:`edgecompress.quant.annotate`) on a ``torch.export`` graph
+and differ only in the quantization specs, which is where the hardware differs:
+
+``ort-x86``
+    uint8 asymmetric activations, int8 symmetric per-channel weights (axis 0), Q after every
+    conv/linear/add output. ONNX Runtime's CPU kernels (QLinearConv, QGemm, QLinearMatMul,
+    QLinearAdd; VNNI ``vpdpbusd`` multiplies *unsigned* by *signed* bytes) fuse a QDQ group fully
+    only in this form; signed activations leave about half the convs in FP32 here.
+``tensorrt``
+    int8 symmetric per-tensor activations (zero point 0), int8 symmetric per-channel weights on
+    axis 0, float bias, Q/DQ on conv/linear inputs and on residual-add inputs. TensorRT only
+    accepts symmetric INT8 and fuses exactly these patterns; an int32 bias DQ is rejected.
+
+The converted model is exported with the dynamo ONNX exporter (opset >= 18), the only exporter
+that lowers PT2E's ``quantized_decomposed`` ops to QuantizeLinear/DequantizeLinear.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from edgecompress.errors import BackendUnavailable, ConfigError, ModelError
+from edgecompress.quant.base import PRESETS, QuantPreset, register_preset
+
+#: Which preset a backend uses when a recipe target does not name one.
+DEFAULT_PRESET = {"onnxruntime": "ort-x86", "tensorrt": "tensorrt", "tflite": "tflite"}
+
+
+def _torchao() -> Any:
+    try:
+        import torchao.quantization.pt2e as pt2e
+    except ImportError as exc:
+        raise BackendUnavailable(
+            f"INT8 quantization needs torchao ({exc}); install it with: "
+            "pip install 'edgecompress[quant]'") from exc
+    return pt2e
+
+
+def _quiet_torchao_import() -> None:
+    """torchao prints load failures of its CUDA extensions on CPU-only machines; harmless."""
+    import logging
+
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+
+
+class _Quantizer:
+    """Adapter turning :func:`annotate_graph` into a torchao ``Quantizer``."""
+
+    @staticmethod
+    def build(specs: Any, report: dict[str, list[str]]) -> Any:
+        from torchao.quantization.pt2e.quantizer import Quantizer
+
+        from edgecompress.quant.annotate import annotate_graph
+
+        class ProjectQuantizer(Quantizer):
+            def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+                try:
+                    report.update(annotate_graph(model, specs))
+                except ValueError as err:
+                    raise ConfigError(str(err)) from None
+                return model
+
+            def validate(self, model: torch.fx.GraphModule) -> None:
+                pass
+
+        return ProjectQuantizer()
+
+
+class OnnxQdqPreset(QuantPreset):
+    """Common flow of the presets whose engines start from a QDQ ONNX file."""
+
+    artifact_suffix: ClassVar[str] = ".onnx"
+    extra: ClassVar[str] = "quant"
+    #: activation dtype, range and scheme
+    act_dtype: ClassVar[torch.dtype]
+    act_range: ClassVar[tuple[int, int]]
+    act_symmetric: ClassVar[bool]
+
+    def __init__(self, *, calibration: str = "minmax", percentile: float = 99.99,
+                 opset: int = 18) -> None:
+        from edgecompress.quant.observers import PTQ_METHODS
+
+        if calibration not in PTQ_METHODS:
+            raise ConfigError(f"unknown calibration method {calibration!r}; "
+                              f"choose one of {', '.join(PTQ_METHODS)}")
+        self.calibration, self.percentile, self.opset = calibration, percentile, opset
+        self.layers: dict[str, list[str]] = {}
+
+    def availability(self) -> tuple[bool, str]:
+        try:
+            _quiet_torchao_import()
+            _torchao()
+        except BackendUnavailable as exc:
+            return False, str(exc)
+        return True, ""
+
+    def specs(self, qat: bool, skip: Collection[str]) -> Any:
+        """The activation/weight ``QuantizationSpec`` pair for QAT (fake quant) or PTQ."""
+        pt2e = _torchao()
+        from torchao.quantization.pt2e.quantizer import QuantizationSpec
+
+        from edgecompress.quant.annotate import Specs
+        from edgecompress.quant.observers import make_distribution_observer
+
+        lo, hi = self.act_range
+        act_scheme = torch.per_tensor_symmetric if self.act_symmetric else torch.per_tensor_affine
+        act_kw = dict(dtype=self.act_dtype, quant_min=lo, quant_max=hi, qscheme=act_scheme)
+        w_kw = dict(dtype=torch.int8, quant_min=-127, quant_max=127,
+                    qscheme=torch.per_channel_symmetric, ch_axis=0)
+        if qat:
+            act_ctr = pt2e.FakeQuantize.with_args(
+                observer=pt2e.MovingAverageMinMaxObserver, **act_kw)
+            w_ctr = pt2e.FakeQuantize.with_args(
+                observer=pt2e.MovingAveragePerChannelMinMaxObserver, **w_kw)
+        else:
+            if self.calibration == "minmax":
+                act_ctr = pt2e.MinMaxObserver.with_args(**act_kw)
+            else:
+                observer = make_distribution_observer(pt2e.MinMaxObserver)
+                act_ctr = observer.with_args(method=self.calibration,
+                                             percentile=self.percentile, **act_kw)
+            w_ctr = pt2e.PerChannelMinMaxObserver.with_args(**w_kw)
+        activation = QuantizationSpec(observer_or_fake_quant_ctr=act_ctr, is_dynamic=False,
+                                      **act_kw)
+        weight = QuantizationSpec(observer_or_fake_quant_ctr=w_ctr, is_dynamic=False, **w_kw)
+        boundary = None
+        if not qat and self.calibration != "minmax":
+            boundary = QuantizationSpec(observer_or_fake_quant_ctr=pt2e.MinMaxObserver.with_args(
+                **act_kw), is_dynamic=False, **act_kw)
+        return Specs(activation=activation, weight=weight, skip=frozenset(skip), boundary=boundary)
+
+    def prepare(self, model: nn.Module, example: torch.Tensor, *, qat: bool,
+                skip: Collection[str] = ()) -> nn.Module:
+        _quiet_torchao_import()
+        from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+        if example.shape[0] < 2:
+            example = torch.cat([example, example])  # batch 1 would be specialised, not dynamic
+        model = model.cpu()
+        model.train(qat)
+        try:
+            program = torch.export.export(model, (example,),
+                                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+        except Exception as exc:
+            raise ModelError(f"cannot trace the student for INT8 ({type(exc).__name__}): "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        self.layers = {}
+        quantizer = _Quantizer.build(self.specs(qat, skip), self.layers)
+        prep = prepare_qat_pt2e if qat else prepare_pt2e
+        return prep(program.module(), quantizer)
+
+    def convert(self, prepared: nn.Module) -> nn.Module:
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+        from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+        converted = convert_pt2e(prepared, fold_quantize=True)
+        move_exported_model_to_eval(converted)
+        # .eval()/.train() then switch the graph's mode, so generic eval code can run it.
+        return allow_exported_model_train_eval(converted)
+
+    def export(self, converted: nn.Module, example: torch.Tensor, out_path: Path) -> Path:
+        from edgecompress.export import export_onnx
+
+        return export_onnx(converted, example, out_path, opset=self.opset, dynamic_batch=True,
+                           switch_mode=False)
+
+
+@register_preset
+class OrtX86Preset(OnnxQdqPreset):
+    name: ClassVar[str] = "ort-x86"
+    backends: ClassVar[tuple[str, ...]] = ("onnxruntime",)
+    rationale: ClassVar[str] = (
+        "uint8 asymmetric activations x int8 symmetric per-channel weights, Q after every "
+        "conv/linear/add: the only form ONNX Runtime's CPU EP fuses completely into "
+        "QLinearConv/QGemm/QLinearAdd (VNNI multiplies unsigned by signed bytes)")
+    act_dtype: ClassVar[torch.dtype] = torch.uint8
+    act_range: ClassVar[tuple[int, int]] = (0, 255)
+    act_symmetric: ClassVar[bool] = False
+
+
+@register_preset
+class TensorRTPreset(OnnxQdqPreset):
+    name: ClassVar[str] = "tensorrt"
+    # ONNX Runtime runs it too (after the uint8 rewrite), which is how it is checked on CPU.
+    backends: ClassVar[tuple[str, ...]] = ("tensorrt", "onnxruntime")
+    rationale: ClassVar[str] = (
+        "int8 symmetric per-tensor activations (zero point 0) and int8 symmetric per-channel "
+        "weights on axis 0 with float bias, Q/DQ on conv/linear and residual-add inputs: what "
+        "TensorRT's explicit-quantization (QDQ) mode accepts and fuses")
+    act_dtype: ClassVar[torch.dtype] = torch.int8
+    act_range: ClassVar[tuple[int, int]] = (-128, 127)
+    act_symmetric: ClassVar[bool] = True
+
+
+def get_preset(name: str, **options: Any) -> QuantPreset:
+    """A preset instance by name (importing the optional TFLite preset on demand).
+
+    Raises:
+        ConfigError: Unknown preset name; the message lists the known ones.
+    """
+    if name == "tflite" and name not in PRESETS:
+        try:
+            import edgecompress.quant.tflite  # noqa: F401 - registers the preset
+        except ImportError:
+            pass
+    cls = PRESETS.get(name)
+    if cls is None:
+        raise ConfigError(f"unknown quantization preset {name!r}; known presets: "
+                          f"{', '.join(sorted(set(PRESETS) | set(DEFAULT_PRESET.values())))}")
+    return cls(**options) if options else cls()
+
+
+def preset_for_target(backend: str, preset: str | None) -> str:
+    """The preset a target uses: the one it names, else its backend's default.
+
+    Raises:
+        ConfigError: The backend has no INT8 preset, or the named preset's output cannot run on
+            the backend; the message names both.
+    """
+    name = preset or DEFAULT_PRESET.get(backend)
+    if name is None:
+        raise ConfigError(f"backend {backend!r} has no INT8 quantization preset")
+    supported = _preset_backends(name)
+    if backend not in supported:
+        raise ConfigError(f"quantization preset {name!r} does not support backend {backend!r} "
+                          f"(preset {name!r} targets: {', '.join(supported)}; backend "
+                          f"{backend!r} uses preset {DEFAULT_PRESET.get(backend, 'none')!r})")
+    return name
+
+
+def _preset_backends(name: str) -> tuple[str, ...]:
+    if name == "tflite":  # known without importing the optional converter
+        return ("tflite",)
+    cls = PRESETS.get(name)
+    if cls is None:
+        get_preset(name)  # raises the unknown-preset error
+    return PRESETS[name].backends

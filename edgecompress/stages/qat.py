@@ -1,0 +1,285 @@
+"""qat stage: one INT8 model per preset that the recipe's int8 targets need.
+
+From the final float student (distilled, pruned if enabled), for each preset (``ort-x86``,
+``tensorrt``, ``tflite``): export the graph, insert fake quantization (QAT, with the teacher
+still distilling) or observers (PTQ on the saved calibration set), convert, and write the file
+the backend consumes (``qat/<preset>/student.onnx`` as QDQ, or ``.tflite``). Optionally measures
+per-layer sensitivity and keeps the most sensitive layers in FP32 until an accuracy criterion
+holds. Every int8 model is checked against its PyTorch twin before it is published, and the
+PyTorch int8 logits on the test split are saved as the parity reference of the engines.
+
+Runs on the main process only, on the CPU (PT2E QAT of a small student is seconds to minutes).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgecompress.errors import ConfigError, ParityError
+from edgecompress.io import atomic_path
+from edgecompress.recipe import Recipe, recipe_to_dict
+from edgecompress.stages.base import Context, Stage, StageResult
+from edgecompress.stages.common import build_student, load_state, load_teacher, spec_files
+from edgecompress.training import predict_logits, seed_everything
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_NAME = "reference_logits.npy"
+
+
+def required_presets(recipe: Recipe) -> dict[str, list[str]]:
+    """Preset name -> names of the int8 targets that use it (recipe order).
+
+    Raises:
+        ConfigError: A target's preset cannot run on its backend, naming both.
+    """
+    from edgecompress.quant.presets import preset_for_target
+
+    out: dict[str, list[str]] = {}
+    for target in recipe.targets:
+        if target.precision != "int8":
+            if target.quant_preset is not None:
+                raise ConfigError(f"targets[{target.name}].quant_preset is set but its precision "
+                                  f"is {target.precision!r}, not int8")
+            continue
+        try:
+            name = preset_for_target(target.backend, target.quant_preset)
+        except ConfigError as err:
+            raise ConfigError(f"targets[{target.name}]: {err}") from None
+        out.setdefault(name, []).append(target.name)
+    return out
+
+
+def check_qat(recipe: Recipe) -> None:
+    """Preflight: int8 targets need the qat stage and presets that fit their backends."""
+    presets = required_presets(recipe)
+    if presets and not recipe.stages.qat.enabled:
+        targets = [t for names in presets.values() for t in names]
+        raise ConfigError(f"targets {', '.join(targets)} have precision int8, which needs "
+                          "stages.qat.enabled: true (qat or ptq mode)")
+
+
+def preset_artifact(run_dir: Path, preset: str) -> Path:
+    """Where the qat stage writes ``preset``'s int8 model."""
+    from edgecompress.quant.presets import get_preset
+
+    suffix = ".tflite" if preset == "tflite" else get_preset(preset).artifact_suffix
+    return run_dir / "qat" / preset / f"student{suffix}"
+
+
+def preset_reference(run_dir: Path, preset: str) -> Path:
+    """The PyTorch int8 model's test-split logits for ``preset`` (parity reference)."""
+    return run_dir / "qat" / preset / REFERENCE_NAME
+
+
+def load_float_student(ctx: Context) -> nn.Module:
+    """The final float student as a trainable module (pruned shapes rebuilt if pruned)."""
+    if ctx.recipe.stages.prune.enabled:
+        from edgecompress.prune.rebuild import rebuild_pruned
+
+        state = torch.load(ctx.run_dir / "prune" / "student_state.pt", map_location="cpu",
+                           weights_only=True)
+        return rebuild_pruned(build_student(ctx), state)
+    return load_state(build_student(ctx), ctx.run_dir / "distill" / "student.pt")
+
+
+def _float_source(ctx: Context) -> Path:
+    if ctx.recipe.stages.prune.enabled:
+        return ctx.run_dir / "prune" / "student_state.pt"
+    return ctx.run_dir / "distill" / "student.pt"
+
+
+class QatStage(Stage):
+    """Produces ``qat/<preset>/student.{onnx,tflite}`` and the parity references."""
+
+    name = "qat"
+
+    def config(self, ctx: Context) -> dict[str, Any]:
+        raw = recipe_to_dict(ctx.recipe)
+        if not ctx.recipe.stages.qat.enabled:
+            return {"enabled": False}
+        return {"qat": raw["stages"]["qat"], "presets": required_presets(ctx.recipe),
+                "student": raw["student"], "opset": raw["stages"]["export"]["opset"],
+                "seed": raw["seed"]}
+
+    def inputs(self, ctx: Context) -> dict[str, Any]:
+        if not ctx.recipe.stages.qat.enabled:
+            return {}
+        return {"teacher": ctx.run_dir / "finetune" / "teacher.pt",
+                "student": _float_source(ctx),
+                "calibration": ctx.run_dir / "data" / "calibration.npz",
+                **spec_files(ctx.recipe.student, "student")}
+
+    def run(self, ctx: Context) -> StageResult:
+        cfg = ctx.recipe.stages.qat
+        if not cfg.enabled:
+            logger.info("qat disabled: no int8 models")
+            return StageResult(metrics={"enabled": False})
+        from edgecompress.data import load_calibration
+
+        bundle = ctx.bundle
+        seed_everything(ctx.recipe.seed)
+        cpu = torch.device("cpu")
+        student = load_float_student(ctx).cpu().eval()
+        fp32_val = predict_logits(student, bundle.val.x, cpu)
+        fp32_test = predict_logits(student, bundle.test.x, cpu)
+        fp32 = {"val_accuracy": _acc(fp32_val, bundle.val.y),
+                "test_accuracy": _acc(fp32_test, bundle.test.y)}
+        teacher_logits = None
+        if cfg.mode == "qat" and cfg.alpha > 0:
+            teacher = load_teacher(ctx).cpu().eval()
+            teacher_logits = torch.from_numpy(predict_logits(teacher, bundle.train.x, cpu))
+        calib_x, _ = load_calibration(ctx.run_dir / "data")
+        outputs: dict[str, Path] = {}
+        metrics: dict[str, Any] = {"enabled": True, "mode": cfg.mode, "fp32": fp32,
+                                   "presets": {}}
+        for name, targets in required_presets(ctx.recipe).items():
+            result = self._one_preset(ctx, name, student, teacher_logits, calib_x, fp32)
+            result["targets"] = targets
+            metrics["presets"][name] = result
+            if result.get("status") == "ok":
+                outputs[f"{name}:model"] = preset_artifact(ctx.run_dir, name)
+                outputs[f"{name}:reference"] = preset_reference(ctx.run_dir, name)
+        return StageResult(outputs=outputs, metrics=metrics)
+
+    def _one_preset(self, ctx: Context, name: str, student: nn.Module,
+                    teacher_logits: torch.Tensor | None, calib_x: np.ndarray,
+                    fp32: dict[str, float]) -> dict[str, Any]:
+        from edgecompress.quant.presets import get_preset
+        from edgecompress.quant.training import accuracy_of, predict
+
+        cfg, bundle = ctx.recipe.stages.qat, ctx.bundle
+        preset = get_preset(name, **_preset_options(ctx, name))
+        ok, reason = preset.availability()
+        if not ok:
+            logger.warning("qat preset %s skipped: %s", name, reason)
+            return {"status": "skipped", "reason": reason}
+        example = torch.from_numpy(bundle.train.x[:2])
+        result: dict[str, Any] = {"status": "ok", "preset": name, "rationale": preset.rationale}
+        sensitivity: list[dict[str, Any]] = []
+        if cfg.sensitivity or cfg.max_accuracy_drop is not None:
+            from edgecompress.quant.sensitivity import layer_sensitivity
+
+            sensitivity = layer_sensitivity(preset, student, example=example,
+                                            calibration=calib_x, x_val=bundle.val.x,
+                                            y_val=bundle.val.y)
+            result["sensitivity"] = sensitivity
+        skip = list(cfg.keep_fp32)
+        candidates = [e["layer"] for e in sensitivity if e["layer"] not in skip]
+        attempts = []
+        while True:
+            converted, train_info, layers = self._quantize(ctx, preset, student, example,
+                                                           teacher_logits, calib_x, skip)
+            val_acc = accuracy_of(converted, bundle.val.x, bundle.val.y)
+            drop = 100.0 * (fp32["val_accuracy"] - val_acc)
+            attempts.append({"fp32_layers": list(skip), "val_accuracy": val_acc,
+                             "val_drop_vs_fp32_pp": round(drop, 4)})
+            if (cfg.max_accuracy_drop is None or drop <= cfg.max_accuracy_drop
+                    or not candidates or len(skip) - len(cfg.keep_fp32) >= cfg.max_fallback_layers):
+                break
+            skip.append(candidates.pop(0))
+            logger.info("%s: val drop %.2f pp > %.2f pp; keeping %s in FP32", name, drop,
+                        cfg.max_accuracy_drop, skip[-1])
+        if cfg.max_accuracy_drop is not None:
+            result["accuracy_criterion"] = {"max_accuracy_drop": cfg.max_accuracy_drop,
+                                            "met": attempts[-1]["val_drop_vs_fp32_pp"]
+                                            <= cfg.max_accuracy_drop, "attempts": attempts}
+        logits = predict(converted, bundle.test.x)
+        out = preset_artifact(ctx.run_dir, name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(preset_reference(ctx.run_dir, name)) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, logits)
+        preset.export(converted, example, out)
+        if out.suffix == ".onnx":
+            result["parity"] = _check_onnx(out, logits, bundle.test.x, cfg.rtol,
+                                           cfg.min_top1_agreement)
+        result.update({
+            "layers_quantized": layers.get("quantized", []),
+            "fp32_layers": layers.get("skipped", []),
+            "val_accuracy": val_acc, "test_accuracy": _acc(logits, bundle.test.y),
+            "test_drop_vs_fp32_pp": round(100.0 * (fp32["test_accuracy"]
+                                                   - _acc(logits, bundle.test.y)), 4),
+            "artifact": str(out.relative_to(ctx.run_dir)), "size_bytes": out.stat().st_size,
+            **train_info,
+        })
+        logger.info("%s int8 (%s): test accuracy %.4f (fp32 student %.4f), %d layers int8, %d "
+                    "fp32", name, cfg.mode, result["test_accuracy"], fp32["test_accuracy"],
+                    len(result["layers_quantized"]), len(result["fp32_layers"]))
+        return result
+
+    def _quantize(self, ctx: Context, preset: Any, student: nn.Module, example: torch.Tensor,
+                  teacher_logits: torch.Tensor | None, calib_x: np.ndarray,
+                  skip: list[str]) -> tuple[nn.Module, dict[str, Any], dict[str, list[str]]]:
+        """One prepare -> (QAT | calibrate) -> convert pass; returns the converted model."""
+        from edgecompress.quant.training import calibrate, qat_finetune
+
+        cfg, bundle = ctx.recipe.stages.qat, ctx.bundle
+        seed_everything(ctx.recipe.seed)
+        model = copy.deepcopy(student)
+        prepared = preset.prepare(model, example, qat=cfg.mode == "qat", skip=skip)
+        layers = dict(getattr(preset, "layers", {}))
+        info: dict[str, Any] = {}
+        if cfg.mode == "qat":
+            res = qat_finetune(prepared, x_train=bundle.train.x, y_train=bundle.train.y,
+                               teacher_logits=teacher_logits, x_val=bundle.val.x,
+                               y_val=bundle.val.y, epochs=cfg.epochs, lr=cfg.lr,
+                               weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                               temperature=cfg.temperature, alpha=cfg.alpha,
+                               freeze_observers_after=cfg.freeze_observers_after,
+                               freeze_bn_after=cfg.freeze_bn_after, seed=ctx.recipe.seed,
+                               desc=f"qat[{preset.name}]")
+            info["qat"] = {"best_epoch": res.best_epoch, "steps": res.steps,
+                           "observers_frozen_at_step": res.observers_frozen_at,
+                           "bn_frozen_at_step": res.bn_frozen_at, "history": res.history}
+        else:
+            calibrate(prepared, calib_x)
+            info["ptq"] = {"calibration": cfg.calibration, "samples": int(len(calib_x))}
+        return preset.convert(prepared), info, layers
+
+
+def _preset_options(ctx: Context, name: str) -> dict[str, Any]:
+    cfg = ctx.recipe.stages.qat
+    if name == "tflite":
+        return {}
+    return {"calibration": cfg.calibration, "percentile": cfg.percentile,
+            "opset": ctx.recipe.stages.export.opset}
+
+
+def _acc(logits: np.ndarray, y: np.ndarray) -> float:
+    return float((logits.argmax(1) == y).mean()) if len(y) else 0.0
+
+
+def _check_onnx(path: Path, reference: np.ndarray, x: np.ndarray, rtol: float,
+                min_top1: float) -> dict[str, Any]:
+    """The exported QDQ model (plain ORT session) must reproduce the PyTorch int8 logits.
+
+    Raises:
+        ParityError: Top-1 agreement or max abs difference out of bounds.
+    """
+    import onnxruntime as ort
+
+    from edgecompress.export.onnx import compare_logits
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    out = np.concatenate([sess.run(None, {name: x[i:i + 256]})[0]
+                          for i in range(0, len(x), 256)])
+    parity = compare_logits(reference, out)
+    limit = rtol * float(np.max(np.abs(reference)))
+    if parity.top1_agreement < min_top1 or not parity.max_abs_diff <= limit:
+        raise ParityError(f"{path}: the exported int8 model differs from the PyTorch int8 model "
+                          f"(top-1 agreement {parity.top1_agreement:.4f}, need >= {min_top1}; "
+                          f"max abs diff {parity.max_abs_diff:.3g}, allowed {limit:.3g} = "
+                          f"{rtol} x max |logit|)")
+    return parity.to_dict()
+

@@ -24,10 +24,21 @@ def test_demo_meets_its_targets(tmp_path):
     assert student["baseline_accuracy_fp32"] is not None
     assert student["distillation_gain_pp"] == pytest.approx(
         100 * (student["accuracy_fp32"] - student["baseline_accuracy_fp32"]), abs=1e-3)
-    (target,) = report["targets"]
-    assert target["name"] == "x86-avx512" and target["status"] == "ok"
-    assert target["accuracy_drop"] <= 1.5
-    assert target["teacher_latency_ms"]["p50"] > target["latency_ms"]["p50"]
+    int8, fp32 = report["targets"]
+    assert (int8["name"], fp32["name"]) == ("x86-avx512", "x86-avx512-fp32")
+    assert int8["status"] == fp32["status"] == "ok"
+    assert int8["precision"] == "int8" and int8["accuracy_drop"] <= 1.5
+    # Every conv/linear of the pruned student is an int8 kernel; nothing fell back to FP32.
+    assert int8["fp32_nodes"] == []
+    assert sum(int8["int8_kernels"].values()) >= 11
+    # QAT int8 vs the float student (PyTorch, test split) and the engine size vs the teacher.
+    quant = report["quantization"]["presets"]["ort-x86"]
+    assert abs(quant["test_drop_vs_fp32_pp"]) <= 0.5
+    assert int8["size_bytes"] * 8 <= report["teacher"]["size_bytes"]
+    # The student was really pruned (fewer MACs than the distilled one) before QAT.
+    prune = next(s for s in report["stages"] if s["name"] == "prune")["metrics"]
+    assert prune["macs_after"] <= 0.55 * prune["macs_before"]
+    assert int8["teacher_latency_ms"]["p50"] > int8["latency_ms"]["p50"]
     assert report["gate"]["passed"] is True
     # A second demo into the same directory resumes: nothing is recomputed.
     again = run_cli("demo", "--out", str(out))

@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/ptq_vs_qat.json"))
     args = parser.parse_args(argv)
 
+    import torch
+
     from edgecompress.backends import get_backend
     from edgecompress.bench import benchmark_runner
     from edgecompress.data import load_calibration
@@ -85,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     from edgecompress.recipe import parse_recipe
     from edgecompress.report import environment
     from edgecompress.stages.base import Context
-
-    import torch
 
     qat_model = args.run / "qat" / "ort-x86" / "student.onnx"
     if not qat_model.is_file():

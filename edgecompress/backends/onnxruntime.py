@@ -207,8 +207,8 @@ class OnnxRuntimeBackend(Backend):
                 self._session(ort, tmp, so, INT8_DISABLED_OPTIMIZERS)
             census = kernel_census(load(out_dir / OPTIMIZED_NAME))
         info = {"precision": "int8", "disabled_optimizers": list(INT8_DISABLED_OPTIMIZERS),
-                "activation_dtypes_in_source": before, "uint8_rewrites": rewritten, "int32_biases": biases,
-                "compute_nodes": compute_nodes, **census}
+                "activation_dtypes_in_source": before, "uint8_rewrites": rewritten,
+                "int32_biases": biases, "compute_nodes": compute_nodes, **census}
         from edgecompress.io import atomic_write_json
 
         atomic_write_json(out_dir / ENGINE_INFO_NAME, info)

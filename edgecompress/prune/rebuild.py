@@ -48,9 +48,9 @@ def rebuild_pruned(model: nn.Module, state: dict) -> nn.Module:
             mod.num_features = int(weight.shape[0])
         else:
             continue
-        for key, param in list(mod.named_parameters(recurse=False)):
+        for key, _ in list(mod.named_parameters(recurse=False)):
             setattr(mod, key, nn.Parameter(torch.empty_like(state[f"{prefix}{key}"])))
-        for key, buf in list(mod.named_buffers(recurse=False)):
+        for key, _ in list(mod.named_buffers(recurse=False)):
             if f"{prefix}{key}" in state:
                 mod.register_buffer(key, torch.empty_like(state[f"{prefix}{key}"]))
     own = model.state_dict()

@@ -157,10 +157,11 @@ class OnnxQdqPreset(QuantPreset):
         return prep(program.module(), quantizer)
 
     def convert(self, prepared: nn.Module) -> nn.Module:
-        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e import (
+            allow_exported_model_train_eval,
+            move_exported_model_to_eval,
+        )
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
-
-        from torchao.quantization.pt2e import allow_exported_model_train_eval
 
         converted = convert_pt2e(prepared, fold_quantize=True)
         move_exported_model_to_eval(converted)

@@ -59,7 +59,7 @@ def test_registry_contents() -> None:
     assert backend.name == "onnxruntime"
     assert backend.extra == "onnx"
     assert isinstance(backend.capabilities, Capabilities)
-    assert backend.capabilities.precisions == ("fp32",)
+    assert backend.capabilities.precisions == ("fp32", "int8")
     assert available_backends()["onnxruntime"] == (True, "")
 
 
@@ -78,8 +78,8 @@ def test_validate_rejects_bad_precision_and_threads() -> None:
 def test_build_rejects_unsupported_precision_and_options(
         exported: tuple[nn.Module, Path], tmp_path: Path) -> None:
     backend = get_backend("onnxruntime")
-    with pytest.raises(ConfigError, match="int8"):
-        backend.build(exported[1], tmp_path, precision="int8")
+    with pytest.raises(ConfigError, match="int4"):
+        backend.build(exported[1], tmp_path, precision="int4")
     with pytest.raises(ConfigError, match="bogus"):
         backend.build(exported[1], tmp_path, precision="fp32", bogus=1)
     assert not any(tmp_path.iterdir())

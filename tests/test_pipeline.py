@@ -17,7 +17,7 @@ from edgecompress.pipeline import Pipeline
 from edgecompress.recipe import load_recipe
 from tests.conftest import run_cli
 
-STAGES = ["data", "finetune", "distill", "prune", "export", "bench", "report"]
+STAGES = ["data", "finetune", "distill", "prune", "qat", "export", "bench", "report"]
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +100,10 @@ def test_changes_rerun_only_what_they_affect(write_recipe, tmp_path):
     # More distillation epochs: data and finetune stay, distill and later rerun.
     changed = Pipeline(load_recipe(write_recipe({"stages": {"distill": {"epochs": 4}}})),
                        out).run()
-    # Pruning is disabled: its no-op stage does not depend on distillation.
+    # Pruning and QAT are disabled: their no-op stages do not depend on distillation.
     assert changed == {"data": "skipped", "finetune": "skipped", "distill": "ran",
-                       "prune": "skipped", "export": "ran", "bench": "ran", "report": "ran"}
+                       "prune": "skipped", "qat": "skipped", "export": "ran", "bench": "ran",
+                       "report": "ran"}
     # --force export reruns export and everything after it.
     forced = Pipeline(load_recipe(write_recipe({"stages": {"distill": {"epochs": 4}}})),
                       out).run(force="export")

@@ -34,6 +34,11 @@ class BenchStage(Stage):
         files = {"student_onnx": ctx.run_dir / "export" / "student.onnx",
                  "teacher_onnx": ctx.run_dir / "export" / "teacher.onnx",
                  "student": final_student_source(ctx)}
+        from edgecompress.stages.export import float_suffixes
+
+        for suffix in float_suffixes(ctx) - {".onnx"}:
+            for role in ("student", "teacher"):
+                files[f"{role}{suffix}"] = ctx.run_dir / "export" / f"{role}{suffix}"
         if ctx.recipe.stages.qat.enabled:
             for preset in required_presets(ctx.recipe):
                 files[f"{preset}_int8"] = preset_artifact(ctx.run_dir, preset)
@@ -70,8 +75,11 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
     backend.validate(target.precision, target.threads)
     entry: dict[str, Any] = {"name": target.name, "backend": target.backend,
                              "precision": target.precision, "threads": target.threads}
-    ok, reason = backend.availability()
-    if ok and target.profile:
+    from edgecompress.remote.bench import remote_target_for
+
+    remote = remote_target_for(target, backend)  # its profile's device is reached over ssh
+    ok, reason = backend.availability() if remote is None else remote.availability()
+    if ok and target.profile and remote is None:
         # A target made from a device profile must run on that device: timing an AVX-512
         # profile on an AVX2 machine, or a phone profile here, would report the wrong numbers.
         from edgecompress.targets import load_profile, machine_reasons
@@ -89,11 +97,19 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
         reason = f"no {preset} int8 model was produced ({source.name} missing: see the qat stage)"
         logger.warning("%s: skipped: %s", target.name, reason)
         return {**entry, "status": "skipped", "reason": reason}
-    student_art = backend.build(source, engine_dir, precision=target.precision)
-    teacher_art = backend.build(export_dir / "teacher.onnx", engine_dir / "teacher",
+    builder = remote or backend  # remote: built here, or staged for a build on the device
+    student_art = builder.build(source, engine_dir, precision=target.precision)
+    teacher_art = builder.build(export_dir / "teacher.onnx", engine_dir / "teacher",
                                 precision="fp32")
     measured = {}
     for role, artifact in (("teacher", teacher_art), ("student", student_art)):
+        if remote is not None:  # measured on the device, numbers come back over ssh
+            measured[role] = remote.benchmark(artifact, bundle.test.x, bundle.test.y,
+                                              warmup=target.warmup, runs=target.runs,
+                                              batch_size=target.batch_size,
+                                              max_seconds=target.max_seconds,
+                                              min_runs=target.min_runs)
+            continue
         runner = backend.load(artifact, threads=target.threads)
         try:
             measured[role] = benchmark_runner(runner, bundle.test.x, bundle.test.y,
@@ -118,7 +134,9 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
         "teacher_accuracy": measured["teacher"]["accuracy"],
         "latency_ms": s_lat, "teacher_latency_ms": t_lat,
         "speedup_vs_teacher": t_lat["p50"] / s_lat["p50"] if s_lat["p50"] > 0 else None,
-        "parity": parity_summary(reference_logits, measured["student"]["logits"]),
+        "parity": parity_summary(reference_logits, measured["student"]["logits"])
+        if measured["student"]["logits"] is not None else None,  # None: trtexec only times
+        **({"remote": measured["student"]["remote"]} if remote is not None else {}),
         # Raw per-call latencies: kept in bench/results.json (plots, re-analysis), not in
         # report.json where they would dominate the size.
         "samples_ms": {role: measured[role]["samples_ms"] for role in ("student", "teacher")},
@@ -135,7 +153,10 @@ def student_source(ctx: Context, target: TargetConfig,
     model (comparing with the float student would blame the engine for quantization error).
     """
     if target.precision != "int8":
-        return ctx.run_dir / "export" / "student.onnx", fp32_reference, None
+        from edgecompress.backends import get_backend
+
+        suffix = get_backend(target.backend).capabilities.artifact_suffixes[0]
+        return ctx.run_dir / "export" / f"student{suffix}", fp32_reference, None
     import numpy as np
 
     from edgecompress.quant.presets import preset_for_target

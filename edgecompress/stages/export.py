@@ -52,4 +52,34 @@ class ExportStage(Stage):
             metrics[role] = {"parity": parity.to_dict(), "size_bytes": path.stat().st_size}
             logger.info("exported %s: %s (max abs diff %.2e, top-1 agreement %.4f)", role, path,
                         parity.max_abs_diff, parity.top1_agreement)
+        if ".tflite" in float_suffixes(ctx):
+            self._tflite(ctx, models, sample, outputs, metrics)
         return StageResult(outputs=outputs, metrics=metrics)
+
+    def _tflite(self, ctx: Context, models: dict[str, Any], sample: torch.Tensor,
+                outputs: dict[str, Any], metrics: dict[str, Any]) -> None:
+        """FP32 ``.tflite`` files for the TFLite targets (skipped, with the reason logged, when
+        the converter is not installed: the bench stage then reports those targets skipped)."""
+        from edgecompress.backends import get_backend
+
+        ok, reason = get_backend("tflite").availability()
+        if not ok:
+            logger.warning("TFLite export skipped: %s", reason)
+            metrics["tflite"] = {"skipped": reason}
+            return
+        from edgecompress.export.tflite import export_tflite
+
+        out = ctx.stage_dir(self.name)
+        for role, model in models.items():
+            path = export_tflite(model, sample, out / f"{role}.tflite")
+            outputs[f"{role}_tflite"] = path
+            metrics.setdefault("tflite", {})[role] = {"size_bytes": path.stat().st_size}
+
+
+def float_suffixes(ctx: Context) -> set[str]:
+    """Artifact suffixes the recipe's targets build their FP32 engines from (``.onnx`` always:
+    the ONNX export is also the reference every other format is checked against)."""
+    from edgecompress.backends import get_backend
+
+    return {".onnx"} | {get_backend(t.backend).capabilities.artifact_suffixes[0]
+                        for t in ctx.recipe.targets}

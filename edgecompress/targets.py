@@ -13,11 +13,20 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import shlex
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edgecompress.errors import ConfigError
 from edgecompress.recipe import GateConfig
@@ -37,7 +46,12 @@ class _Strict(BaseModel):
 
 
 class Connection(_Strict):
-    """How the device is reached; only ``local`` can be benchmarked by this version."""
+    """How the device is reached: this machine, a Linux board over ssh, or a phone over adb.
+
+    The ssh fields exist so a benchmark on a Jetson is reproducible from a profile alone:
+    which key logs in, which known_hosts file vouches for the host (host keys are always
+    verified), how long to wait, and which program measures on the board.
+    """
 
     kind: Literal["local", "ssh", "adb"] = Field("local", description="local: this machine; "
                                                  "ssh: a Linux board; adb: an Android device.")
@@ -46,15 +60,45 @@ class Connection(_Strict):
     port: int | None = Field(None, ge=1, le=65535, description="ssh port (default 22).")
     serial: str | None = Field(None, description="adb: device serial (default: the only one).")
     workdir: str | None = Field(None, description="Directory on the device for artifacts.")
+    identity_file: str | None = Field(None, description="ssh: private key (default: the ssh "
+                                      "client's own choice, e.g. ~/.ssh/id_ed25519 or an agent).")
+    known_hosts: str | None = Field(None, description="ssh: known_hosts file that must hold the "
+                                    "host's key (default: ~/.ssh/known_hosts). Unknown or "
+                                    "changed host keys are always refused.")
+    ssh_config: str | None = Field(None, description="ssh: client config file passed as -F "
+                                   "(e.g. for ProxyJump); default: the user's ~/.ssh/config.")
+    connect_timeout: float = Field(10.0, gt=0, description="ssh: seconds to wait for the "
+                                   "connection (also the reachability probe).")
+    timeout: float = Field(1800.0, gt=0, description="ssh: seconds one remote command may run "
+                           "(a TensorRT engine build on an Orin Nano takes minutes).")
+    runner: Literal["edgecompress", "trtexec"] = Field(
+        "edgecompress", description="ssh: what measures on the device: 'edgecompress' (the "
+        "package installed there; accuracy, parity and latency) or 'trtexec' (TensorRT's tool; "
+        "latency only).")
+    python: list[str] = Field(default_factory=lambda: ["python3"], description="ssh: command "
+                              "that starts a Python with edgecompress installed on the device "
+                              "(a string or a list, e.g. [/opt/venv/bin/python]).")
+    trtexec: str = Field("/usr/src/tensorrt/bin/trtexec", description="ssh runner 'trtexec': "
+                         "its path on the device (JetPack's default).")
+
+    @field_validator("python", mode="before")
+    @classmethod
+    def _python_as_list(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> Connection:
         if self.kind == "ssh" and not self.host:
             raise ValueError("connection kind 'ssh' needs 'host'")
-        if self.kind != "ssh" and (self.host or self.user or self.port):
-            raise ValueError(f"host/user/port are ssh fields, not valid for kind '{self.kind}'")
+        ssh_only = [k for k in ("host", "user", "port", "identity_file", "known_hosts",
+                                "ssh_config") if getattr(self, k)]
+        if self.kind != "ssh" and ssh_only:
+            raise ValueError(f"{'/'.join(ssh_only)}: ssh fields, not valid for kind "
+                             f"'{self.kind}'")
         if self.kind != "adb" and self.serial:
             raise ValueError(f"serial is an adb field, not valid for kind '{self.kind}'")
+        if not self.python:
+            raise ValueError("python: needs at least the interpreter")
         return self
 
 
@@ -83,6 +127,10 @@ class TargetProfile(_Strict):
     runs: int = Field(200, ge=50, description="Timed runs (the most, with max_seconds).")
     max_seconds: float | None = Field(None, gt=0, description="Time budget of the timed loop.")
     min_runs: int = Field(50, ge=10, description="With max_seconds: timed runs always made.")
+    build_options: dict[str, Any] = Field(default_factory=dict, description="Backend build "
+                                          "options passed to its build (tensorrt: dla_core, "
+                                          "gpu_fallback, workspace_mb); unknown ones are "
+                                          "rejected by the backend.")
     requires: Requirements = Field(default_factory=Requirements)
     connection: Connection = Field(default_factory=Connection)
     budgets: GateConfig = Field(default_factory=GateConfig, description="Latency/accuracy/size "
@@ -186,15 +234,37 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def host_reachable(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds.
+
+    Cheap (no login, no key exchange), so ``edgecompress targets`` can say which boards are up;
+    the real ssh session later still verifies the host key and logs in.
+    """
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True, ""
+    except OSError as err:
+        return False, f"{type(err).__name__}: {err}"
+
+
 def machine_reasons(profile: TargetProfile, *, flags: set[str] | None = None,
                     machine: str | None = None) -> list[str]:
-    """Why this machine is not the profile's device: remote connection, architecture, ISA."""
+    """Why the profile's device cannot be used from here.
+
+    local: this machine's architecture and instruction sets; ssh: whether the host answers (its
+    CPU is the board's business, checked there); adb: not implemented.
+    """
     reasons = []
     conn = profile.connection
-    if conn.kind != "local":
-        where = conn.host if conn.kind == "ssh" else (conn.serial or "a device")
-        reasons.append(f"needs a remote device over {conn.kind} ({where}); remote runs are not "
-                       "implemented yet")
+    if conn.kind == "ssh":
+        port = conn.port or 22
+        ok, why = host_reachable(str(conn.host), port, min(conn.connect_timeout, 5.0))
+        if not ok:
+            reasons.append(f"needs a remote device over ssh ({conn.host}), not reachable on "
+                           f"port {port}: {why}")
+    elif conn.kind == "adb":
+        reasons.append(f"needs a remote device over adb ({conn.serial or 'a device'}); adb runs "
+                       "are not implemented yet")
     else:
         machine = machine or platform.machine()
         if profile.requires.arch and profile.requires.arch != machine:
@@ -206,12 +276,19 @@ def machine_reasons(profile: TargetProfile, *, flags: set[str] | None = None,
     return reasons
 
 
+def builds_on_device(backend_cls: type | None) -> bool:
+    """Whether the backend's engine must be built on the device itself (TensorRT plans are
+    specific to the GPU and TensorRT version), so this machine needs no runtime for it."""
+    return bool(getattr(backend_cls, "builds_on_device", False))
+
+
 def profile_availability(profile: TargetProfile, *, flags: set[str] | None = None,
                          machine: str | None = None) -> tuple[bool, list[str]]:
-    """Whether ``profile`` can be benchmarked on this machine, with every reason it cannot.
+    """Whether ``profile`` can be benchmarked from this machine, with every reason it cannot.
 
-    Checks, in order: the backend is implemented and supports the precision, the device is this
-    machine, the architecture and instruction sets match, and the runtime is installed.
+    Checks, in order: the backend is implemented and supports the precision, the device is
+    usable (this machine's CPU for local profiles, the host answering for ssh ones), and the
+    runtime is installed here, unless an ssh device builds the engine itself.
     """
     from edgecompress.backends import BACKENDS
 
@@ -224,7 +301,8 @@ def profile_availability(profile: TargetProfile, *, flags: set[str] | None = Non
         reasons.append(f"backend '{profile.backend}' does not support {profile.precision} yet "
                        f"(supports {', '.join(backend_cls.capabilities.precisions)})")
     reasons += machine_reasons(profile, flags=flags, machine=machine)
-    if backend_cls is not None:
+    remote_build = profile.connection.kind == "ssh" and builds_on_device(backend_cls)
+    if backend_cls is not None and not remote_build:
         ok, why = backend_cls().availability()
         if not ok:
             reasons.append(f"runtime missing: {why}")

@@ -21,15 +21,19 @@ def test_prune_then_qat_gives_an_all_int8_engine(write_recipe, tmp_path):
     recipe = write_recipe({
         "stages": {"prune": {"enabled": True, "ratio": 0.5, "recovery_epochs": 1},
                    "qat": {"enabled": True, "epochs": 2}},
-        "targets": [INT8_TARGET],
-        "gate": {"no_fp32_fallback": True},
+        # The same pruned student also gets a TensorRT-preset model (linted on the CPU), run
+        # here on ORT after the uint8 rewrite.
+        "targets": [{**INT8_TARGET, "gate": {"no_fp32_fallback": True}},
+                    {**INT8_TARGET, "name": "cpu-trt-preset", "quant_preset": "tensorrt"}],
     })
     out = tmp_path / "run"
     result = run_cli("run", str(recipe), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    (target,) = report["targets"]
+    target, trt = report["targets"]
     assert target["status"] == "ok" and target["quant_preset"] == "ort-x86"
+    assert trt["status"] == "ok" and trt["quant_preset"] == "tensorrt"
+    assert trt["uint8_rewrites"] > 0 and trt["parity"]["top1_agreement"] >= 0.98
     assert target["fp32_nodes"] == []
     kernels = target["int8_kernels"]
     # ResNet w0.25 d1: 9 convs + the classifier, each one int8 kernel.
@@ -44,6 +48,8 @@ def test_prune_then_qat_gives_an_all_int8_engine(write_recipe, tmp_path):
     assert info["observers_frozen_at_step"] is not None and info["bn_frozen_at_step"] is not None
     assert target["parity"]["top1_agreement"] >= 0.98
     assert "## INT8" in (out / "report.md").read_text()
+    lint = qat["presets"]["tensorrt"]["tensorrt_lint"]
+    assert lint["passed"] and lint["qdq_nodes"] > 0
 
 
 @pytest.mark.slow

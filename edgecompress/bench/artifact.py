@@ -81,6 +81,11 @@ def bench_artifact(artifact: Path, profile: TargetProfile, out_dir: Path, *,
     if not artifact.is_file():
         raise ConfigError(f"artifact not found: {artifact}")
     _check_out_dir(out_dir, overwrite)
+    if profile.connection.kind == "ssh":  # measured on the board, never on this machine
+        from edgecompress.remote.bench import bench_artifact_remote
+
+        return bench_artifact_remote(artifact, profile, out_dir, data=data, seed=seed,
+                                     overwrite=overwrite, gate_overrides=gate_overrides)
     ok, reasons = profile_availability(profile)
     if not ok:
         raise BackendUnavailable(f"target profile {profile.name!r} cannot run here: "

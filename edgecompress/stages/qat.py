@@ -201,6 +201,12 @@ class QatStage(Stage):
         if out.suffix == ".onnx":
             result["parity"] = _check_onnx(out, logits, bundle.test.x, cfg.rtol,
                                            cfg.min_top1_agreement)
+        if name == "tensorrt":
+            # TensorRT cannot run here; its rules can be checked on the CPU (raises ModelError
+            # listing every finding: our own export breaking them is a bug, never shipped).
+            from edgecompress.quant.trt_lint import check_tensorrt_compat
+
+            result["tensorrt_lint"] = check_tensorrt_compat(out, require_qdq=True).to_dict()
         result.update({
             "layers_quantized": layers.get("quantized", []),
             "fp32_layers": layers.get("skipped", []),
@@ -228,6 +234,8 @@ class QatStage(Stage):
         layers = dict(getattr(preset, "layers", {}))
         info: dict[str, Any] = {}
         if cfg.mode == "qat":
+            # Start from calibrated ranges (as PTQ would), not from the first training batch.
+            calibrate(prepared, calib_x)
             res = qat_finetune(prepared, x_train=bundle.train.x, y_train=bundle.train.y,
                                teacher_logits=teacher_logits, x_val=bundle.val.x,
                                y_val=bundle.val.y, epochs=cfg.epochs, lr=cfg.lr,

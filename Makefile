@@ -8,9 +8,17 @@ OUT ?= runs/demo
 
 .PHONY: install demo test test-fast lint clean sshd
 
+# PyTorch -> .tflite conversion: litert-torch and its closure, versions from constraints.txt,
+# --no-deps because its converter's typing-extensions pin would break pydantic (README "TFLite").
+TFLITE_CONVERT := litert-torch ai-edge-quantizer litert-converter xdsl ordered-set \
+	litert-lm-builder absl-py backports.strenum fire jax jaxlib jaxtyping kagglehub kagglesdk \
+	multipledispatch sentencepiece tabulate certifi immutabledict wadler_lindig lark opt_einsum \
+	requests termcolor tomli charset-normalizer urllib3
+
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps $(TFLITE_CONVERT)
 	touch $(STAMP)
 
 install: $(STAMP)

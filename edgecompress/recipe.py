@@ -292,6 +292,8 @@ class TargetConfig(_Strict):
                       "(default: the profile's name).")
     profile: str | None = Field(None, description="Target profile name or YAML path whose "
                                 "settings fill the fields not given here.")
+    note: str = Field("", description="Shown next to the target in the report, e.g. that it "
+                      "was measured on a stand-in (this CPU) rather than the real device.")
     backend: str = Field("onnxruntime", description="Registered backend name.")
     precision: str = Field("fp32", description="Engine precision (must be supported by the "
                            "backend).")

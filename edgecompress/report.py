@@ -220,7 +220,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             continue
         ran.append(e)
         lat, tlat = e["latency_ms"], e.get("teacher_latency_ms") or {}
-        lines.append(f"| {e['name']} | {e['backend']} | {e['precision']} | ok | "
+        label = f"{e['name']} ({e['note']})" if e.get("note") else e["name"]
+        lines.append(f"| {label} | {e['backend']} | {e['precision']} | ok | "
                      f"{_fmt(e.get('accuracy'))} | {_fmt(e.get('accuracy_drop'), '.2f')} | "
                      f"{_fmt(lat['p50'], '.3f')} | {_fmt(lat['p90'], '.3f')} | "
                      f"{_fmt(lat['p99'], '.3f')} | {_fmt(tlat.get('p50'), '.3f')} | "

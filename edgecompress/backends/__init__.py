@@ -5,6 +5,8 @@ imports its runtime lazily, so listing and validating targets works on any machi
 """
 
 from edgecompress.backends import onnxruntime as _onnxruntime  # noqa: F401  (registers it)
+from edgecompress.backends import tensorrt as _tensorrt  # noqa: F401  (registers it)
+from edgecompress.backends import tflite as _tflite  # noqa: F401  (registers it)
 from edgecompress.backends.base import (
     BACKENDS,
     Backend,

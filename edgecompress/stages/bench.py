@@ -75,6 +75,8 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
     backend.validate(target.precision, target.threads)
     entry: dict[str, Any] = {"name": target.name, "backend": target.backend,
                              "precision": target.precision, "threads": target.threads}
+    if target.note:
+        entry["note"] = target.note
     from edgecompress.remote.bench import remote_target_for
 
     remote = remote_target_for(target, backend)  # its profile's device is reached over ssh
@@ -99,7 +101,8 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
         return {**entry, "status": "skipped", "reason": reason}
     builder = remote or backend  # remote: built here, or staged for a build on the device
     student_art = builder.build(source, engine_dir, precision=target.precision)
-    teacher_art = builder.build(export_dir / "teacher.onnx", engine_dir / "teacher",
+    suffix = backend.capabilities.artifact_suffixes[0]  # .onnx, or .tflite for TFLite
+    teacher_art = builder.build(export_dir / f"teacher{suffix}", engine_dir / "teacher",
                                 precision="fp32")
     measured = {}
     for role, artifact in (("teacher", teacher_art), ("student", student_art)):

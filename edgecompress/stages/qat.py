@@ -201,6 +201,11 @@ class QatStage(Stage):
         if out.suffix == ".onnx":
             result["parity"] = _check_onnx(out, logits, bundle.test.x, cfg.rtol,
                                            cfg.min_top1_agreement)
+        elif out.suffix == ".tflite":
+            from edgecompress.export.tflite import check_tflite_parity
+
+            result["parity"] = check_tflite_parity(out, logits, bundle.test.x,
+                                                   min_top1_agreement=cfg.min_top1_agreement)
         if name == "tensorrt":
             # TensorRT cannot run here; its rules can be checked on the CPU (raises ModelError
             # listing every finding: our own export breaking them is a bug, never shipped).

@@ -1,0 +1,238 @@
+"""Latency on an Android phone: push a ``.tflite`` and TFLite's ``benchmark_model`` over adb.
+
+``benchmark_model`` is TFLite's own C++ harness (prebuilt ``android_aarch64_benchmark_model``
+from the TensorFlow/LiteRT nightlies, or built with bazel); it times ``Invoke()`` on the device
+with XNNPACK and the given thread count, which is what an app sees. This module builds the adb
+command lines (every device-side argument shell-quoted: ``adb shell`` joins its arguments into
+one string for the device's shell), runs them, and parses the tool's text output into a latency
+dict. The same parser reads ai-edge-litert's bundled Python benchmark
+(:mod:`edgecompress.bench.litert_benchmark`) so both cross-check in one format.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgecompress.errors import BackendUnavailable, ConfigError, DataError, ModelError
+
+logger = logging.getLogger(__name__)
+
+BENCHMARK_MODEL_ENV = "EDGECOMPRESS_BENCHMARK_MODEL"
+DEFAULT_WORKDIR = "/data/local/tmp/edgecompress"
+
+_COUNT = re.compile(r"count=(\d+)\s+first=([\d.]+)\s+curr=([\d.]+)\s+min=([\d.]+)\s+"
+                    r"max=([\d.]+)\s+avg=([\d.]+)\s+std=([\d.]+)")
+_TIMINGS = re.compile(r"Inference timings in us:\s*(.*)")
+_PAIR = re.compile(r"([A-Za-z][A-Za-z ()]*?):\s*([\d.eE+-]+)")
+_THREADS = re.compile(r"Num threads:\s*\[(\d+)\]")
+# ai-edge-litert's benchmark_litert_model.py prints "Inference (avg):  0.02 ms (200 runs)".
+_PY_LINE = re.compile(r"^(Model initialization|Warmup \(first\)|Warmup \(avg\)|"
+                      r"Inference \((?:avg|min|max|median|std|p5|p95)\)):\s*([\d.]+)\s*ms"
+                      r"(?:\s*\((\d+) runs\))?", re.M)
+_PY_KEYS = {"Model initialization": "init_ms", "Warmup (first)": "first_inference_ms",
+            "Warmup (avg)": "warmup_avg_ms", "Inference (avg)": "mean",
+            "Inference (min)": "min", "Inference (max)": "max", "Inference (median)": "p50",
+            "Inference (std)": "stdev", "Inference (p5)": "p5", "Inference (p95)": "p95"}
+
+
+def parse_benchmark_output(text: str) -> dict[str, Any]:
+    """Turn ``benchmark_model`` (or ``benchmark_litert_model.py``) output into a latency dict.
+
+    All times are milliseconds. From ``benchmark_model``: the per-run statistics of the last
+    ``count=... avg=... std=...`` line (the timed runs; the first such line is the warm-up)
+    and the ``Inference timings in us: Init: ..., First inference: ..., Warmup (avg): ...,
+    Inference (avg): ...`` summary. ``p50`` is only known from the Python tool (C++ prints no
+    median); it is ``None`` otherwise.
+
+    Returns:
+        ``{"mean", "stdev", "min", "max", "p50", "runs", "init_ms", "first_inference_ms",
+        "warmup_avg_ms", "threads", "xnnpack", "tool"}``.
+
+    Raises:
+        DataError: The text holds no timings (the tool failed; its last lines are quoted).
+    """
+    if "BENCHMARK RESULTS" in text and _PY_LINE.search(text):
+        return _parse_python_tool(text)
+    counts = _COUNT.findall(text)
+    summary = _TIMINGS.search(text)
+    if not counts or not summary:
+        tail = " | ".join(line.strip() for line in text.strip().splitlines()[-3:])
+        raise DataError(f"benchmark output holds no 'Inference timings in us' line: {tail!r}")
+    pairs = {k.strip(): float(v) for k, v in _PAIR.findall(summary.group(1))}
+    count, _first, _curr, vmin, vmax, avg, std = counts[-1]
+    threads = _THREADS.search(text)
+    us = 1e-3
+    return {
+        "mean": float(avg) * us, "stdev": float(std) * us, "min": float(vmin) * us,
+        "max": float(vmax) * us, "p50": None, "runs": int(count),
+        "init_ms": pairs["Init"] * us if "Init" in pairs else None,
+        "first_inference_ms": (pairs["First inference"] * us
+                               if "First inference" in pairs else None),
+        "warmup_avg_ms": pairs["Warmup (avg)"] * us if "Warmup (avg)" in pairs else None,
+        "threads": int(threads.group(1)) if threads else None,
+        "xnnpack": "XNNPACK delegate" in text,
+        "tool": "benchmark_model",
+    }
+
+
+def _parse_python_tool(text: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"p50": None, "runs": None, "init_ms": None,
+                           "first_inference_ms": None, "warmup_avg_ms": None}
+    for label, value, runs in _PY_LINE.findall(text):
+        out[_PY_KEYS[label]] = float(value)
+        if label == "Inference (avg)" and runs:
+            out["runs"] = int(runs)
+    threads = re.search(r"Num threads:\s*(\d+)", text)
+    out.update({"threads": int(threads.group(1)) if threads else None,
+                "xnnpack": None, "tool": "benchmark_litert_model"})
+    for key in ("mean", "stdev", "min", "max"):
+        out.setdefault(key, None)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Command lines
+
+
+@dataclass(frozen=True)
+class AdbPlan:
+    """Every adb invocation of one benchmark, as argument lists (no shell on this side)."""
+
+    setup: list[list[str]]
+    run: list[str]
+    cleanup: list[list[str]]
+
+    def all(self) -> list[list[str]]:
+        """In execution order."""
+        return [*self.setup, self.run, *self.cleanup]
+
+
+def _adb(serial: str | None) -> list[str]:
+    return ["adb", "-s", serial] if serial else ["adb"]
+
+
+def benchmark_args(graph: str, *, threads: int, warmup: int, runs: int,
+                   use_xnnpack: bool = True) -> list[str]:
+    """``benchmark_model`` flags: XNNPACK, the thread count and exactly ``runs`` timed runs."""
+    if threads < 1 or runs < 1 or warmup < 0:
+        raise ConfigError(f"benchmark_model: threads ({threads}) and runs ({runs}) must be >= 1 "
+                          f"and warmup ({warmup}) >= 0")
+    return [f"--graph={graph}", f"--num_threads={threads}",
+            f"--use_xnnpack={'true' if use_xnnpack else 'false'}",
+            f"--warmup_runs={warmup}", "--warmup_min_secs=0", f"--num_runs={runs}",
+            "--min_secs=0"]
+
+
+def plan_adb_benchmark(model: Path, benchmark_model: Path, *, threads: int, warmup: int = 20,
+                       runs: int = 200, serial: str | None = None,
+                       workdir: str = DEFAULT_WORKDIR) -> AdbPlan:
+    """The adb commands that push ``model`` and ``benchmark_model``, run, and clean up.
+
+    Nothing is pulled back: the measurement is the tool's stdout.
+    """
+    adb = _adb(serial)
+    q = shlex.quote
+    remote_model = f"{workdir.rstrip('/')}/model.tflite"
+    remote_tool = f"{workdir.rstrip('/')}/benchmark_model"
+    setup = [
+        [*adb, "shell", f"mkdir -p {q(workdir)}"],
+        [*adb, "push", str(model), remote_model],
+        [*adb, "push", str(benchmark_model), remote_tool],
+        [*adb, "shell", f"chmod 755 {q(remote_tool)}"],
+    ]
+    flags = benchmark_args(remote_model, threads=threads, warmup=warmup, runs=runs)
+    run = [*adb, "shell", " ".join(q(a) for a in [remote_tool, *flags])]
+    cleanup = [[*adb, "shell", f"rm -f {q(remote_model)}"]]
+    return AdbPlan(setup=setup, run=run, cleanup=cleanup)
+
+
+# ----------------------------------------------------------------------------------------------
+# Live runs
+
+
+def adb_devices(timeout: float = 10.0) -> list[str]:
+    """Serials of attached devices in state ``device`` (not offline/unauthorized)."""
+    proc = subprocess.run(["adb", "devices"], capture_output=True, text=True, timeout=timeout,
+                          check=False)
+    serials = []
+    for line in proc.stdout.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 2 and parts[1] == "device":
+            serials.append(parts[0])
+    return serials
+
+
+def adb_availability(serial: str | None = None) -> tuple[bool, str]:
+    """Whether an adb benchmark can run now, else why not (names the missing thing)."""
+    if shutil.which("adb") is None:
+        return False, "adb not found on PATH (install Android platform-tools)"
+    try:
+        serials = adb_devices()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, f"adb devices failed: {exc}"
+    if not serials:
+        return False, "no adb device attached (adb devices lists none in state 'device')"
+    if serial and serial not in serials:
+        return False, f"adb device {serial!r} not attached (attached: {', '.join(serials)})"
+    if not serial and len(serials) > 1:
+        return False, f"several adb devices attached ({', '.join(serials)}); set the serial"
+    return True, ""
+
+
+def find_benchmark_model(path: str | Path | None = None) -> Path:
+    """The Android ``benchmark_model`` binary: ``path``, else ``$EDGECOMPRESS_BENCHMARK_MODEL``.
+
+    Raises:
+        ConfigError: Not given, or not a file.
+    """
+    raw = path or os.environ.get(BENCHMARK_MODEL_ENV)
+    if not raw:
+        raise ConfigError(f"no benchmark_model binary for the adb benchmark: set "
+                          f"{BENCHMARK_MODEL_ENV} to TFLite's android_aarch64_benchmark_model")
+    found = Path(raw)
+    if not found.is_file():
+        raise ConfigError(f"benchmark_model binary not found: {found}")
+    return found
+
+
+def run_adb_benchmark(model: Path, *, threads: int, warmup: int = 20, runs: int = 200,
+                      serial: str | None = None, workdir: str = DEFAULT_WORKDIR,
+                      benchmark_model: str | Path | None = None,
+                      timeout: float = 600.0) -> dict[str, Any]:
+    """Run the plan on the device and return :func:`parse_benchmark_output`'s dict.
+
+    Raises:
+        BackendUnavailable: adb or the device is missing.
+        ModelError: A command failed on the device (its stderr is quoted).
+    """
+    ok, why = adb_availability(serial)
+    if not ok:
+        raise BackendUnavailable(f"adb benchmark of {model.name}: {why}")
+    plan = plan_adb_benchmark(Path(model), find_benchmark_model(benchmark_model),
+                              threads=threads, warmup=warmup, runs=runs, serial=serial,
+                              workdir=workdir)
+    for cmd in plan.setup:
+        _check(cmd, timeout)
+    try:
+        output = _check(plan.run, timeout)
+    finally:
+        for cmd in plan.cleanup:
+            subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    return parse_benchmark_output(output)
+
+
+def _check(cmd: list[str], timeout: float) -> str:
+    logger.debug("running %s", shlex.join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        raise ModelError(f"{shlex.join(cmd)} failed (exit {proc.returncode}): {' | '.join(tail)}")
+    return proc.stdout + proc.stderr

@@ -252,7 +252,7 @@ def machine_reasons(profile: TargetProfile, *, flags: set[str] | None = None,
     """Why the profile's device cannot be used from here.
 
     local: this machine's architecture and instruction sets; ssh: whether the host answers (its
-    CPU is the board's business, checked there); adb: not implemented.
+    CPU is the board's business, checked there); adb: whether adb sees the device.
     """
     reasons = []
     conn = profile.connection
@@ -263,8 +263,11 @@ def machine_reasons(profile: TargetProfile, *, flags: set[str] | None = None,
             reasons.append(f"needs a remote device over ssh ({conn.host}), not reachable on "
                            f"port {port}: {why}")
     elif conn.kind == "adb":
-        reasons.append(f"needs a remote device over adb ({conn.serial or 'a device'}); adb runs "
-                       "are not implemented yet")
+        from edgecompress.bench.adb import adb_availability
+
+        ok, why = adb_availability(conn.serial)
+        if not ok:
+            reasons.append(f"needs a remote device over adb ({conn.serial or 'a device'}): {why}")
     else:
         machine = machine or platform.machine()
         if profile.requires.arch and profile.requires.arch != machine:

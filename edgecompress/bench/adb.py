@@ -236,3 +236,22 @@ def _check(cmd: list[str], timeout: float) -> str:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
         raise ModelError(f"{shlex.join(cmd)} failed (exit {proc.returncode}): {' | '.join(tail)}")
     return proc.stdout + proc.stderr
+
+
+def measure_over_adb(artifact: Path, profile: Any, *, threads: int, warmup: int,
+                     runs: int) -> dict[str, Any]:
+    """Time ``artifact`` on the profile's phone; the bench stage's measurement dict.
+
+    ``benchmark_model`` only times the model (random inputs, no outputs come back), so
+    ``accuracy`` and ``logits`` are None and ``p50`` is None (it prints no median: gates and
+    speedups use the mean). The binary is found through ``$EDGECOMPRESS_BENCHMARK_MODEL``.
+    """
+    conn = profile.connection
+    stats = run_adb_benchmark(Path(artifact), threads=threads, warmup=warmup, runs=runs,
+                              serial=conn.serial, workdir=conn.workdir or DEFAULT_WORKDIR)
+    latency = {key: stats.get(key) for key in ("p50", "mean", "stdev", "min", "max", "runs")}
+    latency.update({"p90": None, "p99": None, "threads": threads, "warmup": warmup,
+                    "source": "benchmark_model over adb"})
+    return {"accuracy": None, "logits": None, "latency_ms": latency, "samples_ms": [],
+            "remote": {"kind": "adb", "serial": conn.serial, "tool": stats.get("tool"),
+                       "init_ms": stats.get("init_ms")}}

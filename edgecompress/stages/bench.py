@@ -99,6 +99,7 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
         reason = f"no {preset} int8 model was produced ({source.name} missing: see the qat stage)"
         logger.warning("%s: skipped: %s", target.name, reason)
         return {**entry, "status": "skipped", "reason": reason}
+    adb_profile = _adb_profile(target)
     builder = remote or backend  # remote: built here, or staged for a build on the device
     student_art = builder.build(source, engine_dir, precision=target.precision)
     suffix = backend.capabilities.artifact_suffixes[0]  # .onnx, or .tflite for TFLite
@@ -106,6 +107,12 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
                                 precision="fp32")
     measured = {}
     for role, artifact in (("teacher", teacher_art), ("student", student_art)):
+        if adb_profile is not None:  # a phone: benchmark_model times it there (no outputs)
+            from edgecompress.bench.adb import measure_over_adb
+
+            measured[role] = measure_over_adb(artifact, adb_profile, threads=target.threads,
+                                              warmup=target.warmup, runs=target.runs)
+            continue
         if remote is not None:  # measured on the device, numbers come back over ssh
             measured[role] = remote.benchmark(artifact, bundle.test.x, bundle.test.y,
                                               warmup=target.warmup, runs=target.runs,
@@ -136,10 +143,11 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
         "accuracy": measured["student"]["accuracy"],
         "teacher_accuracy": measured["teacher"]["accuracy"],
         "latency_ms": s_lat, "teacher_latency_ms": t_lat,
-        "speedup_vs_teacher": t_lat["p50"] / s_lat["p50"] if s_lat["p50"] > 0 else None,
+        "speedup_vs_teacher": _speedup(t_lat, s_lat),
         "parity": parity_summary(reference_logits, measured["student"]["logits"])
         if measured["student"]["logits"] is not None else None,  # None: trtexec only times
         **({"remote": measured["student"]["remote"]} if remote is not None else {}),
+        **({"remote": measured["student"]["remote"]} if adb_profile is not None else {}),
         # Raw per-call latencies: kept in bench/results.json (plots, re-analysis), not in
         # report.json where they would dominate the size.
         "samples_ms": {role: measured[role]["samples_ms"] for role in ("student", "teacher")},
@@ -169,6 +177,23 @@ def student_source(ctx: Context, target: TargetConfig,
     ref_path = preset_reference(ctx.run_dir, preset)
     reference = np.load(ref_path) if ref_path.is_file() else fp32_reference
     return preset_artifact(ctx.run_dir, preset), reference, preset
+
+
+def _speedup(teacher: dict[str, Any], student: dict[str, Any]) -> float | None:
+    """Teacher p50 / student p50 (means where the tool reports no median: benchmark_model)."""
+    key = "p50" if teacher.get("p50") and student.get("p50") else "mean"
+    t, s = teacher.get(key), student.get(key)
+    return t / s if t and s else None
+
+
+def _adb_profile(target: TargetConfig) -> Any:
+    """The target's profile when its device is a phone reached over adb, else None."""
+    if not target.profile:
+        return None
+    from edgecompress.targets import load_profile
+
+    profile = load_profile(target.profile)
+    return profile if profile.connection.kind == "adb" else None
 
 
 def _rel(ctx: Context, path: str | Path) -> str:

@@ -92,7 +92,11 @@ def build_report(ctx: Context) -> dict[str, Any]:
     for entry in bench["targets"]:
         entry = {k: v for k, v in entry.items() if k != "samples_ms"}
         if entry["status"] == "ok":
-            entry["accuracy_drop"] = accuracy_drop_pp(entry["teacher_accuracy"], entry["accuracy"])
+            # None where the device only timed the engine (trtexec, adb benchmark_model).
+            entry["accuracy_drop"] = (
+                accuracy_drop_pp(entry["teacher_accuracy"], entry["accuracy"])
+                if entry.get("accuracy") is not None and entry.get("teacher_accuracy") is not None
+                else None)
         targets.append(entry)
     baseline = distill.get("baseline", {}).get("test_accuracy")
     prune = read_stage_manifest(run_dir, "prune").get("metrics", {})

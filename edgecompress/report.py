@@ -164,7 +164,8 @@ def _int8_section(report: dict[str, Any]) -> list[str]:
     """INT8 kernels per engine, and per preset the int8-vs-FP32 student accuracy and the layers
     left in FP32 (never silent)."""
     lines: list[str] = []
-    engines = [e for e in report["targets"] if e["status"] == "ok" and "int8_kernels" in e]
+    engines = [e for e in report["targets"]
+               if e["status"] == "ok" and e.get("precision") == "int8" and "int8_kernels" in e]
     quant = report.get("quantization") or {}
     if not engines and not quant:
         return lines

@@ -234,11 +234,11 @@ class TFLiteBackend(Backend):
         return TFLiteRunner(it, threads, artifact, runtime)
 
     def inspect(self, artifact: Path, *, precision: str) -> dict[str, Any]:
-        """``{"int8_kernels", "fp32_nodes", "fully_integer", "ops", "inputs", "outputs"}``."""
+        """For int8 engines: ``{"int8_kernels", "fp32_nodes", "fully_integer", "ops", "inputs",
+        "outputs"}``; nothing for float engines (every op is float there by design, as for the
+        ONNX Runtime backend)."""
         from edgecompress.export.tflite import inspect_tflite
 
-        found = inspect_tflite(artifact)
-        out = found.to_dict()
-        if precision == "fp32":
-            out["int8_kernels"] = {}
-        return out
+        if precision != "int8":
+            return {}
+        return inspect_tflite(artifact).to_dict()

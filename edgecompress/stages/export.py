@@ -24,7 +24,8 @@ class ExportStage(Stage):
     name = "export"
 
     def config(self, ctx: Context) -> dict[str, Any]:
-        return {"export": recipe_to_dict(ctx.recipe)["stages"]["export"]}
+        return {"export": recipe_to_dict(ctx.recipe)["stages"]["export"],
+                "formats": sorted(float_suffixes(ctx))}
 
     def inputs(self, ctx: Context) -> dict[str, Any]:
         return {"teacher": ctx.run_dir / "finetune" / "teacher.pt",

@@ -18,6 +18,7 @@ TFLITE_CONVERT := litert-torch ai-edge-quantizer litert-converter xdsl ordered-s
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt rich idna
 	$(PY) -m pip install --quiet -c constraints.txt --no-deps $(TFLITE_CONVERT)
 	touch $(STAMP)
 

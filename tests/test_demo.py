@@ -13,7 +13,7 @@ from tests.conftest import run_cli
 @pytest.mark.slow
 def test_demo_meets_its_targets(tmp_path):
     out = tmp_path / "demo"
-    result = run_cli("demo", "--out", str(out))
+    result = run_cli("demo", "--out", str(out), timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     teacher, student = report["teacher"], report["student"]

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= runs/demo
 
-.PHONY: install demo test test-fast lint clean sshd
+.PHONY: install demo demo-text test test-fast lint clean sshd
 
 # PyTorch -> .tflite conversion: litert-torch and its closure, versions from constraints.txt,
 # --no-deps because its converter's typing-extensions pin would break pydantic (README "TFLite").
@@ -33,6 +33,10 @@ sshd:
 	@command -v /usr/sbin/sshd >/dev/null || (apt-get update -qq && apt-get install -y -qq \
 		--no-install-recommends openssh-server >/dev/null) || \
 		echo "warning: openssh-server not installed: the ssh remote tests will skip"
+
+# Text classification (BERT family) end to end on the Rotten Tomatoes snippets (docs/text.md).
+demo-text: $(STAMP)
+	$(VENV)/bin/edgecompress run examples/text-classification.yaml --out runs/text
 
 test: $(STAMP) sshd
 	$(PY) -m pytest -q -ra

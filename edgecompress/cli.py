@@ -77,7 +77,10 @@ _overwrite = click.option("--overwrite", is_flag=True,
 def run(recipe_path: Path, out: Path, force: str | None, overwrite: bool) -> None:
     """Run RECIPE (YAML) into the run directory; exit 1 if the gate fails."""
     from edgecompress.recipe import load_recipe
+    from edgecompress.text.cli import is_text_recipe_file, run_text
 
+    if is_text_recipe_file(recipe_path):  # task: text-classification (edgecompress/text)
+        sys.exit(run_text(recipe_path, out, force, overwrite))
     sys.exit(_run_recipe(load_recipe(recipe_path), out, force, overwrite))
 
 
@@ -102,7 +105,11 @@ def validate(recipe_path: Path) -> None:
     import yaml
 
     from edgecompress.recipe import load_recipe, recipe_to_dict
+    from edgecompress.text.cli import is_text_recipe_file, validate_text
 
+    if is_text_recipe_file(recipe_path):
+        click.echo(validate_text(recipe_path))
+        return
     click.echo(yaml.safe_dump(recipe_to_dict(load_recipe(recipe_path)), sort_keys=False))
 
 
@@ -227,6 +234,27 @@ def bench(artifact: Path, target: str, data: str | None, seed: int, out: Path, o
     click.echo(f"report: {out / 'report.json'}")
     _echo_gate(report["gate"])
     sys.exit(0 if report["gate"]["passed"] else 1)
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--for", "family", type=click.Choice(["tensorrt"]), default="tensorrt",
+              show_default=True, help="Runtime whose Q/DQ rules to check.")
+@click.option("--require-qdq", is_flag=True, help="A model without Q/DQ nodes is a finding.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+def lint(model: Path, family: str, require_qdq: bool, as_json: bool) -> None:
+    """Check a Q/DQ ONNX MODEL against TensorRT's rules on CPU; exit 2 on any finding."""
+    from edgecompress.quant.trt_lint import lint_tensorrt
+
+    result = lint_tensorrt(model, require_qdq=require_qdq)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"{model}: opset {result.opset}, {result.qdq_nodes} Q/DQ nodes, "
+                   f"{'PASSED' if result.passed else f'{len(result.findings)} finding(s)'}")
+        for finding in result.findings:
+            click.echo(f"  {finding}")
+    sys.exit(0 if result.passed else 2)
 
 
 def main(argv: list[str] | None = None) -> None:

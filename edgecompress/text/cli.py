@@ -1,0 +1,48 @@
+"""What ``edgecompress run`` / ``validate`` call for a ``task: text-classification`` recipe.
+
+The image recipe forbids unknown keys, so the CLI peeks at ``task`` first and hands text
+recipes here; everything else (exit codes, report.md on stdout) behaves like an image run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import yaml
+
+from edgecompress.text.recipe import is_text_recipe
+
+
+def is_text_recipe_file(path: Path) -> bool:
+    """Whether ``path`` is a YAML mapping with ``task: text-classification``.
+
+    Unreadable or invalid files answer False: the image recipe loader then reports them.
+    """
+    try:
+        return is_text_recipe(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+
+
+def run_text(path: Path, out: Path, force: str | None, overwrite: bool) -> int:
+    """Run the text pipeline; print report.md; 1 if the gate failed, else 0."""
+    from edgecompress.text.pipeline import TextPipeline
+    from edgecompress.text.recipe import load_text_recipe
+
+    TextPipeline(load_text_recipe(path), out).run(force=force, overwrite=overwrite)
+    report = json.loads((out / "report.json").read_text())
+    click.echo((out / "report.md").read_text())
+    click.echo(f"report: {out / 'report.json'}")
+    if not report["gate"]["passed"]:
+        click.echo("gate FAILED:\n  " + "\n  ".join(report["gate"]["violations"]), err=True)
+        return 1
+    return 0
+
+
+def validate_text(path: Path) -> str:
+    """The resolved text recipe as YAML."""
+    from edgecompress.text.recipe import load_text_recipe, text_recipe_to_dict
+
+    return yaml.safe_dump(text_recipe_to_dict(load_text_recipe(path)), sort_keys=False)

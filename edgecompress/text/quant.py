@@ -1,0 +1,111 @@
+"""INT8 for ONNX Runtime: post-training quantization of the Linear/MatMul layers, and the check
+that ONNX Runtime really runs int8 kernels.
+
+Scheme (DESIGN.md, "Facts"): int8 symmetric per-channel weights, uint8 (asymmetric)
+activations, only MatMul/Gemm quantized. Embedding lookups, the attention mask and every other
+integer tensor stay as they are; LayerNorm, softmax and GELU stay in float.
+
+- ``ptq_dynamic``: weights quantized offline, activations per call (``DynamicQuantizeMatMul`` /
+  ``MatMulIntegerToFloat`` kernels): no calibration, the usual choice for BERT on CPUs.
+- ``ptq_static``: QDQ with activation ranges calibrated on training texts (``QLinearMatMul`` /
+  ``QGemm`` / ``MatMulIntegerToFloat`` once ORT fuses the Q/DQ pairs).
+
+What counts is what ORT runs: the session's optimized graph (``optimized_model_filepath``) is
+read back and its int8 kernels counted; weight MatMuls left in float are listed as
+``fp32_nodes`` so the gate's ``no_fp32_fallback`` can fail a silent FP32 fallback.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecompress.io import atomic_path
+
+logger = logging.getLogger(__name__)
+
+#: Operators that compute a matmul in integer arithmetic on ORT CPU.
+INT8_KERNELS = ("QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
+                "DynamicQuantizeMatMul", "QAttention", "QLinearConv")
+#: Float operators that hold a weight matmul when they take an initializer.
+FLOAT_MATMULS = ("MatMul", "Gemm", "FusedMatMul")
+#: Disabled when counting/serving static QDQ graphs: fusing a float MatMul+Add into Gemm would
+#: hide a Linear whose output has no Q node from the int8 fusions.
+QDQ_DISABLED = ["MatMulAddFusion"]
+
+
+def quantize_dynamic_int8(src: Path, out: Path, *, per_channel: bool = True) -> Path:
+    """Dynamic INT8 of every weight MatMul of ``src`` into ``out``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with atomic_path(out) as tmp:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
+                         per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"])
+    return out
+
+
+class _Reader:
+    """CalibrationDataReader over padded ``(input_ids, attention_mask)`` batches."""
+
+    def __init__(self, feeds: Iterable[tuple[np.ndarray, np.ndarray]]) -> None:
+        self._it = iter([{"input_ids": i.astype(np.int64), "attention_mask": m.astype(np.int64)}
+                         for i, m in feeds])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def rewind(self) -> None:  # pragma: no cover - ORT calls it only for some methods
+        pass
+
+
+def quantize_static_int8(src: Path, out: Path, feeds: list[tuple[np.ndarray, np.ndarray]], *,
+                         per_channel: bool = True) -> Path:
+    """Static QDQ INT8 (uint8 activations, int8 per-channel weights) of the weight MatMuls."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    with atomic_path(out) as tmp:
+        quantize_static(str(src), str(tmp), _Reader(feeds), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
+                        calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"ActivationSymmetric": False,
+                                       "WeightSymmetric": True,
+                                       "MatMulConstBOnly": True})
+    return out
+
+
+def kernel_report(path: Path, *, disabled: list[str] | None = None) -> dict[str, Any]:
+    """What ORT runs for ``path``: int8 kernel counts and float weight matmuls.
+
+    Returns:
+        ``{"int8_kernels": {op: n}, "int8_total": n, "fp32_nodes": [names], "ops": {op: n}}``
+    """
+    import onnx
+
+    from edgecompress.text.export import ort_session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        optimized = Path(tmp) / "optimized.onnx"
+        ort_session(path, 1, optimized_path=optimized, disabled=disabled)
+        graph = onnx.load(str(optimized)).graph
+    weights = {init.name for init in graph.initializer}
+    # A weight reaches a float matmul directly, or through a DequantizeLinear (QDQ graphs).
+    weights |= {n.output[0] for n in graph.node
+                if n.op_type == "DequantizeLinear" and n.input[0] in weights}
+    ops = collections.Counter(node.op_type for node in graph.node)
+    int8 = {op: ops[op] for op in INT8_KERNELS if ops.get(op)}
+    fp32 = [node.name or node.output[0] for node in graph.node
+            if node.op_type in FLOAT_MATMULS and any(i in weights for i in node.input[1:2])]
+    return {"int8_kernels": int8, "int8_total": int(sum(int8.values())), "fp32_nodes": fp32,
+            "ops": dict(sorted(ops.items()))}

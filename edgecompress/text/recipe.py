@@ -1,0 +1,252 @@
+"""The text-classification recipe (``task: text-classification``, version 1).
+
+A separate, strict pydantic model: the image recipe forbids unknown keys, and a BERT pipeline
+needs other sections (tokenizer-backed data, layer maps, head pruning, INT8 method). The gate
+section and the gate semantics are the image recipe's own, so ``edgecompress gate`` and
+``compare`` judge text reports the same way. Defaults live here only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from edgecompress.errors import ConfigError
+from edgecompress.recipe import GateConfig
+
+TASK = "text-classification"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TextDataConfig(_Strict):
+    """Where the labelled texts are and which columns hold what."""
+
+    path: Path = Field(description="CSV, TSV or JSONL file (one object per line).")
+    format: Literal["auto", "csv", "tsv", "jsonl"] = Field(
+        "auto", description="auto: from the suffix (.csv, .tsv/.tab, .jsonl/.json).")
+    text_column: str = Field("text", description="Column/key holding the text.")
+    label_column: str = Field("label", description="Column/key holding the class label.")
+    labels: list[str] | None = Field(
+        None, description="Keep only rows with these labels, in this class order (default: "
+                          "every label, sorted).")
+    split_column: str | None = Field(
+        None, description="Column whose values train/validation|val|dev/test give the split; "
+                          "default: a seeded stratified split.")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    limit: int | None = Field(None, ge=10, description="Use at most N rows (stratified).")
+    max_length: int = Field(128, ge=8, le=512, description="Tokens per text (truncation).")
+
+
+class ScratchConfig(_Strict):
+    """A BERT built from a config with random weights and a WordPiece tokenizer trained on the
+    training split (no pretrained model is needed, nothing is downloaded)."""
+
+    layers: int = Field(4, ge=1)
+    hidden_size: int = Field(256, ge=8)
+    heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(1024, ge=8)
+    vocab_size: int = Field(8000, ge=100)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class TrainConfig(_Strict):
+    """AdamW with linear warm-up/decay; the best validation epoch is kept."""
+
+    enabled: bool = True
+    epochs: int = Field(3, ge=0)
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    batch_size: int = Field(32, ge=1)
+    warmup_fraction: float = Field(0.1, ge=0, lt=1)
+
+
+class TeacherConfig(_Strict):
+    """The teacher: a local Hugging Face directory, or a BERT built from scratch."""
+
+    path: Path | None = Field(None, description="HF directory (config.json, weights, tokenizer); "
+                                                "loaded with local_files_only, never from a hub.")
+    trust_remote_code: bool = Field(False, description="Allow the directory's own Python code "
+                                                       "(only for directories you trust).")
+    scratch: ScratchConfig | None = Field(None, description="Build the teacher instead.")
+    finetune: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TeacherConfig:
+        if (self.path is None) == (self.scratch is None):
+            raise ValueError("give exactly one of teacher.path (a Hugging Face directory) and "
+                             "teacher.scratch")
+        return self
+
+
+class StudentConfig(_Strict):
+    """DistilBERT-style (a subset of the teacher's layers) and/or narrower."""
+
+    keep_layers: list[int] | None = Field(
+        None, description="Teacher layer indices copied into the student (DistilBERT style).")
+    num_layers: int | None = Field(
+        None, ge=1, description="Alternative to keep_layers: this many, evenly spaced.")
+    hidden_size: int | None = Field(None, ge=8, description="Narrower student (random init).")
+    num_attention_heads: int | None = Field(None, ge=1)
+    intermediate_size: int | None = Field(None, ge=8)
+
+    @model_validator(mode="after")
+    def _layers(self) -> StudentConfig:
+        if self.keep_layers is not None and self.num_layers is not None:
+            raise ValueError("give at most one of keep_layers and num_layers")
+        if self.keep_layers is not None and (not self.keep_layers or min(self.keep_layers) < 0):
+            raise ValueError("keep_layers: non-empty list of teacher layer indices >= 0")
+        return self
+
+
+class DistillConfig(TrainConfig):
+    """loss = kd * T^2 KL(teacher || student) + ce * CE(y) + hidden * MSE(W h_s, h_t)
+    + attention * MSE(A_s, A_t) over the mapped layers (TinyBERT)."""
+
+    epochs: int = Field(4, ge=0)
+    lr: float = Field(1e-4, gt=0)
+    temperature: float = Field(2.0, gt=0)
+    kd: float = Field(1.0, ge=0)
+    ce: float = Field(0.1, ge=0)
+    hidden: float = Field(0.0, ge=0, description="Hidden-state MSE weight (learned projection "
+                                                 "when widths differ).")
+    attention: float = Field(0.0, ge=0, description="Attention-map MSE weight.")
+    layer_map: list[tuple[int, int]] | None = Field(
+        None, description="[[student_layer, teacher_layer], ...], 1-based (0 = embeddings); "
+                          "default: each student layer to the teacher layer it came from (or "
+                          "evenly spaced).")
+
+
+class PruneConfig(_Strict):
+    """Structured pruning of the distilled student, then distillation recovery."""
+
+    enabled: bool = False
+    heads_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of heads removed per layer.")
+    ffn_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of FFN neurons removed.")
+    round_to: int = Field(8, ge=1, description="FFN sizes stay multiples of this.")
+    recovery: DistillConfig = Field(default_factory=lambda: DistillConfig(epochs=2, lr=5e-5))
+
+
+class QuantConfig(_Strict):
+    """INT8 for the ONNX Runtime int8 targets."""
+
+    method: Literal["ptq_dynamic", "ptq_static", "qat"] = Field(
+        "ptq_dynamic", description="ptq_dynamic: int8 weights, uint8 activations quantized at "
+        "run time; ptq_static: QDQ with calibrated uint8 activations; qat: PT2E fake-quant "
+        "training of Linear/matmul, then QDQ export.")
+    per_channel: bool = True
+    calibration_samples: int = Field(128, ge=1)
+    qat: DistillConfig = Field(default_factory=lambda: DistillConfig(epochs=1, lr=2e-5))
+
+
+class ExportConfig(_Strict):
+    """ONNX export (dynamo, dynamic batch and sequence length) and its parity check."""
+
+    opset: int = Field(18, ge=18)
+    atol: float = Field(1e-3, gt=0, description="Max abs logit diff vs PyTorch.")
+    parity_samples: int = Field(64, ge=1)
+
+
+class TextTargetConfig(_Strict):
+    """An ONNX Runtime target, timed at a fixed sequence length."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    precision: Literal["fp32", "int8"] = "int8"
+    threads: int = Field(1, ge=1)
+    batch_size: int = Field(1, ge=1)
+    seq_len: int = Field(128, ge=8, le=512)
+    warmup: int = Field(10, ge=0)
+    runs: int = Field(100, ge=1)
+    max_seconds: float | None = Field(None, gt=0)
+    min_runs: int = Field(20, ge=1)
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+
+class TextRecipe(_Strict):
+    """A text-classification compression recipe."""
+
+    version: Literal[1]
+    task: Literal["text-classification"]
+    name: str = "recipe"
+    seed: int = 0
+    device: Literal["cpu"] = Field("cpu", description="Training runs on the CPU in this "
+                                   "version (CUDA for the text path is not wired yet).")
+    threads: int | None = Field(None, ge=1, description="torch threads for training.")
+    data: TextDataConfig
+    teacher: TeacherConfig
+    student: StudentConfig = Field(default_factory=lambda: StudentConfig(num_layers=2))
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    quant: QuantConfig = Field(default_factory=QuantConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    targets: list[TextTargetConfig] = Field(default_factory=lambda: [
+        TextTargetConfig(name="ort-fp32", precision="fp32"),
+        TextTargetConfig(name="ort-int8", precision="int8")])
+    gate: GateConfig = Field(default_factory=GateConfig)
+
+    @field_validator("targets")
+    @classmethod
+    def _unique(cls, value: list[TextTargetConfig]) -> list[TextTargetConfig]:
+        names = [t.name for t in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate target names: {', '.join(dupes)}")
+        return value
+
+
+def is_text_recipe(raw: Any) -> bool:
+    """Whether a parsed YAML mapping asks for the text pipeline."""
+    return isinstance(raw, dict) and raw.get("task") == TASK
+
+
+def parse_text_recipe(raw: Any, *, source: str = "<recipe>",
+                      base_dir: Path | None = None) -> TextRecipe:
+    """Validate a mapping; relative paths resolve against ``base_dir``.
+
+    Raises:
+        ConfigError: naming ``source`` and the dotted path of every bad key.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: a recipe must be a mapping, got {type(raw).__name__}")
+    try:
+        recipe = TextRecipe.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{source}: invalid text-classification recipe"]
+        for item in err.errors():
+            loc = ".".join(str(p) for p in item["loc"]) or "(top level)"
+            msg = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+            lines.append(f"  {loc}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+    base = base_dir or Path.cwd()
+    if not recipe.data.path.is_absolute():
+        recipe.data.path = (base / recipe.data.path).resolve()
+    if recipe.teacher.path is not None and not recipe.teacher.path.is_absolute():
+        recipe.teacher.path = (base / recipe.teacher.path).resolve()
+    return recipe
+
+
+def load_text_recipe(path: str | Path) -> TextRecipe:
+    """Read and validate a text recipe YAML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    recipe = parse_text_recipe(raw, source=str(path), base_dir=path.resolve().parent)
+    if recipe.name == "recipe":
+        recipe.name = path.stem
+    return recipe
+
+
+def text_recipe_to_dict(recipe: TextRecipe) -> dict[str, Any]:
+    """JSON-ready dict of the resolved recipe."""
+    return recipe.model_dump(mode="json")

@@ -1,0 +1,211 @@
+"""Training stages of the text path: data, teacher, distill, prune.
+
+Each writes a Hugging Face directory (``save_pretrained`` of model and tokenizer) so every
+intermediate model is usable on its own, and the stage contract of
+:mod:`edgecompress.stages.base` so the pipeline can hash, skip and resume them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgecompress.errors import ModelError
+from edgecompress.io import atomic_write_json, sha256_file
+from edgecompress.stages.base import Stage, StageResult
+from edgecompress.text.context import TextContext
+from edgecompress.text.recipe import text_recipe_to_dict
+
+logger = logging.getLogger(__name__)
+
+
+def hf_outputs(directory: Path) -> dict[str, Path]:
+    """The files of a saved HF directory, as stage outputs (hashed for resume)."""
+    return {f"{directory.name}/{p.name}": p for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def dir_fingerprint(directory: Path) -> str:
+    """Content hash of a user's HF directory (every file; names included)."""
+    from edgecompress.io import sha256_json
+
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and ".git" not in p.parts)
+    return sha256_json({str(p.relative_to(directory)): sha256_file(p) for p in files})
+
+
+class TextDataStage(Stage):
+    """Loads and splits the texts; writes ``data/dataset.json`` (counts, classes, fingerprint)."""
+
+    name = "data"
+
+    def config(self, ctx: TextContext) -> dict[str, Any]:
+        return {"data": text_recipe_to_dict(ctx.recipe)["data"], "seed": ctx.recipe.seed}
+
+    def extra_fingerprints(self, ctx: TextContext) -> dict[str, str]:
+        return {"dataset": ctx.bundle.fingerprint}
+
+    def run(self, ctx: TextContext) -> StageResult:
+        b = ctx.bundle
+        info = {"name": b.name, "classes": b.classes, "fingerprint": b.fingerprint,
+                "train": len(b.train.texts), "val": len(b.val.texts), "test": len(b.test.texts),
+                "test_class_counts": [int((b.test.labels == c).sum())
+                                      for c in range(b.num_classes)]}
+        path = ctx.stage_dir(self.name) / "dataset.json"
+        atomic_write_json(path, info)
+        return StageResult(outputs={"dataset": path}, metrics=info)
+
+
+class TeacherStage(Stage):
+    """Adopts (or builds) the teacher and fine-tunes it; writes ``teacher/model/``."""
+
+    name = "teacher"
+
+    def config(self, ctx: TextContext) -> dict[str, Any]:
+        raw = text_recipe_to_dict(ctx.recipe)
+        return {"teacher": raw["teacher"], "max_length": raw["data"]["max_length"]}
+
+    def extra_fingerprints(self, ctx: TextContext) -> dict[str, str]:
+        fp = {"dataset": ctx.bundle.fingerprint}
+        if ctx.recipe.teacher.path is not None:
+            fp["teacher_dir"] = dir_fingerprint(ctx.recipe.teacher.path)
+        return fp
+
+    def run(self, ctx: TextContext) -> StageResult:
+        from edgecompress.text.models import load_hf, model_summary, save_hf, scratch_teacher
+        from edgecompress.text.train import accuracy, train
+
+        cfg, b = ctx.recipe.teacher, ctx.bundle
+        id2label = dict(enumerate(b.classes))
+        if cfg.scratch is not None:
+            model, tokenizer = scratch_teacher(cfg.scratch, b.train.texts, b.classes,
+                                               ctx.recipe.data.max_length, ctx.recipe.seed)
+        else:
+            model, tokenizer = load_hf(cfg.path, num_labels=b.num_classes,
+                                       trust_remote_code=cfg.trust_remote_code,
+                                       id2label=id2label)
+        ctx.set_tokenizer(tokenizer)
+        metrics: dict[str, Any] = {"source": str(cfg.path) if cfg.path else "scratch"}
+        if cfg.finetune.enabled and cfg.finetune.epochs > 0:
+            torch.manual_seed(ctx.recipe.seed)
+            metrics["finetune"] = train(model, ctx.encoded("train"), ctx.encoded("val"),
+                                        cfg.finetune, ctx.pad_id, seed=ctx.recipe.seed,
+                                        label="teacher")
+        metrics["test_accuracy"] = accuracy(model, ctx.encoded("test"), ctx.pad_id)
+        metrics["summary"] = model_summary(model)
+        logger.info("teacher test accuracy %.4f", metrics["test_accuracy"])
+        out = save_hf(model, tokenizer, ctx.teacher_dir)
+        return StageResult(outputs=hf_outputs(out), metrics=metrics)
+
+
+def load_run_model(directory: Path) -> torch.nn.Module:
+    """A model this run saved (eager attention, eval mode)."""
+    from edgecompress.text.models import load_hf
+
+    model, _ = load_hf(directory)
+    return model
+
+
+def make_loss(ctx: TextContext, cfg: Any, student, teacher, kept: list[int] | None):
+    """The distillation loss for ``cfg`` (distill or recovery settings)."""
+    from edgecompress.text.losses import TextDistillLoss, check_layer_map, default_layer_map
+    from edgecompress.text.models import num_layers
+
+    s_layers, t_layers = num_layers(student), num_layers(teacher)
+    if cfg.layer_map is not None:
+        layer_map = [tuple(p) for p in cfg.layer_map]
+    elif kept is not None:
+        layer_map = default_layer_map(kept)
+    else:  # evenly spaced, as the student was built
+        from edgecompress.text.models import kept_layers
+
+        layer_map = default_layer_map(kept_layers(ctx.recipe.student, t_layers))
+    check_layer_map(layer_map, s_layers, t_layers)
+    return TextDistillLoss(temperature=cfg.temperature, kd=cfg.kd, ce=cfg.ce, hidden=cfg.hidden,
+                           attention=cfg.attention, layer_map=layer_map,
+                           student_width=student.config.hidden_size,
+                           teacher_width=teacher.config.hidden_size)
+
+
+class DistillStage(Stage):
+    """Builds the student from the teacher and distils it; writes ``distill/model/``."""
+
+    name = "distill"
+
+    def config(self, ctx: TextContext) -> dict[str, Any]:
+        raw = text_recipe_to_dict(ctx.recipe)
+        return {"student": raw["student"], "distill": raw["distill"], "seed": raw["seed"]}
+
+    def inputs(self, ctx: TextContext) -> dict[str, Path]:
+        return {"teacher": ctx.run_dir / "teacher" / "stage.json"}
+
+    def run(self, ctx: TextContext) -> StageResult:
+        from edgecompress.text.models import build_student, model_summary, save_hf
+        from edgecompress.text.train import accuracy, train
+
+        teacher = load_run_model(ctx.teacher_dir)
+        student, kept = build_student(teacher, ctx.recipe.student, ctx.recipe.seed)
+        cfg = ctx.recipe.distill
+        loss = make_loss(ctx, cfg, student, teacher, kept)
+        metrics: dict[str, Any] = {"kept_layers": kept, "layer_map": loss.layer_map,
+                                   "accuracy_before": accuracy(student, ctx.encoded("test"),
+                                                               ctx.pad_id)}
+        torch.manual_seed(ctx.recipe.seed)
+        metrics["train"] = train(student, ctx.encoded("train"), ctx.encoded("val"), cfg,
+                                 ctx.pad_id, seed=ctx.recipe.seed, teacher=teacher,
+                                 loss_fn=loss, label="distill")
+        metrics["test_accuracy"] = accuracy(student, ctx.encoded("test"), ctx.pad_id)
+        metrics["summary"] = model_summary(student)
+        logger.info("student test accuracy %.4f", metrics["test_accuracy"])
+        out = save_hf(student, ctx.tokenizer, ctx.run_dir / "distill" / "model")
+        return StageResult(outputs=hf_outputs(out), metrics=metrics)
+
+
+class TextPruneStage(Stage):
+    """Removes heads and FFN neurons, recovers with distillation; writes ``prune/model/`` and
+    checks that ``from_pretrained`` reloads it to the same logits."""
+
+    name = "prune"
+
+    def config(self, ctx: TextContext) -> dict[str, Any]:
+        return {"prune": text_recipe_to_dict(ctx.recipe)["prune"]}
+
+    def inputs(self, ctx: TextContext) -> dict[str, Path]:
+        return {"distill": ctx.run_dir / "distill" / "stage.json"}
+
+    def run(self, ctx: TextContext) -> StageResult:
+        cfg = ctx.recipe.prune
+        if not cfg.enabled:
+            return StageResult(metrics={"enabled": False})
+        from edgecompress.text.data import collate
+        from edgecompress.text.models import model_summary, save_hf
+        from edgecompress.text.prune import prune_student
+        from edgecompress.text.train import accuracy, predict, train
+
+        teacher = load_run_model(ctx.teacher_dir)
+        student = load_run_model(ctx.run_dir / "distill" / "model")
+        before = model_summary(student)
+        ids, mask = collate(ctx.encoded("val").ids[:4], ctx.pad_id)
+        plan = prune_student(student, cfg, {"input_ids": ids, "attention_mask": mask})
+        metrics: dict[str, Any] = {"enabled": True, **plan, "summary_before": before,
+                                   "accuracy_pruned": accuracy(student, ctx.encoded("test"),
+                                                               ctx.pad_id)}
+        if cfg.recovery.epochs > 0:
+            loss = make_loss(ctx, cfg.recovery, student, teacher, None)
+            torch.manual_seed(ctx.recipe.seed)
+            metrics["recovery"] = train(student, ctx.encoded("train"), ctx.encoded("val"),
+                                        cfg.recovery, ctx.pad_id, seed=ctx.recipe.seed,
+                                        teacher=teacher, loss_fn=loss, label="recovery")
+        metrics["test_accuracy"] = accuracy(student, ctx.encoded("test"), ctx.pad_id)
+        metrics["summary"] = model_summary(student)
+        out = save_hf(student, ctx.tokenizer, ctx.run_dir / "prune" / "model")
+        reloaded = load_run_model(out)
+        sample = ctx.encoded("test")
+        diff = float(abs(predict(reloaded, sample, ctx.pad_id)
+                         - predict(student, sample, ctx.pad_id)).max())
+        if diff > 1e-4:
+            raise ModelError(f"{out}: the pruned student does not reload with from_pretrained "
+                             f"(logits differ by {diff:.3g})")
+        metrics["reload_max_abs_diff"] = diff
+        return StageResult(outputs=hf_outputs(out), metrics=metrics)

@@ -1,0 +1,113 @@
+"""Text pipeline end to end through the CLI (tiny random BERT as the user's HF directory),
+resume, and the CLI's exit codes for bad text recipes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+pytest.importorskip("transformers", reason="transformers not installed (extra: text)")
+pytest.importorskip("onnxruntime", reason="onnxruntime not installed (extra: onnx)")
+pytest.importorskip("torch_pruning", reason="torch-pruning not installed (extra: prune)")
+
+from edgecompress.cli import main  # noqa: E402
+from edgecompress.text.testing import tiny_bert_dir, write_sentiment_csv  # noqa: E402
+
+
+def _recipe(tmp_path, **overrides) -> dict:
+    data = write_sentiment_csv(tmp_path / "reviews.csv", rows=160)
+    teacher = tiny_bert_dir(tmp_path / "teacher", layers=2, hidden=32, heads=4, ffn=64)
+    recipe = {
+        "version": 1, "task": "text-classification", "name": "tiny",
+        "data": {"path": data.name, "labels": ["neg", "pos"], "max_length": 24},
+        "teacher": {"path": teacher.name, "finetune": {"epochs": 3, "lr": 0.003,
+                                                         "batch_size": 16}},
+        "student": {"keep_layers": [1]},
+        "distill": {"epochs": 2, "lr": 0.002, "hidden": 1.0, "attention": 1.0,
+                    "batch_size": 16},
+        "prune": {"enabled": True, "heads_ratio": 0.5, "ffn_ratio": 0.5,
+                  "recovery": {"epochs": 1, "lr": 0.001, "batch_size": 16}},
+        "quant": {"method": "ptq_dynamic"},
+        "targets": [{"name": "fp32", "precision": "fp32", "seq_len": 32, "runs": 5,
+                     "warmup": 1, "min_runs": 5},
+                    {"name": "int8", "precision": "int8", "seq_len": 32, "runs": 5,
+                     "warmup": 1, "min_runs": 5}],
+    }
+    recipe.update(overrides)
+    return recipe
+
+
+def _write(tmp_path, recipe) -> str:
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def _exit_code(argv) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return exc.value.code
+
+
+def test_text_run_end_to_end_and_resume(tmp_path, capsys):
+    from edgecompress.report import load_report
+    from edgecompress.text.pipeline import TextPipeline
+    from edgecompress.text.recipe import load_text_recipe
+
+    raw = _recipe(tmp_path)
+    recipe_path = _write(tmp_path, raw)
+    out = tmp_path / "run"
+    assert _exit_code(["run", recipe_path, "--out", str(out)]) == 0
+    assert "Transformer sizes" in capsys.readouterr().out
+    report = load_report(out / "report.json")
+    assert report["schema_version"] == 1 and report["dataset"]["classes"] == ["neg", "pos"]
+    teacher, student = report["teacher"], report["student"]
+    assert student["encoder_params"] < 0.5 * teacher["encoder_params"]
+    assert student["heads"] == [2] and student["layers"] == 1
+    assert 0.0 <= student["accuracy_fp32"] <= 1.0
+    targets = {t["name"]: t for t in report["targets"]}
+    assert targets["int8"]["int8_kernels"] and targets["int8"]["fp32_nodes"] == []
+    assert sum(targets["int8"]["int8_kernels"].values()) == 6 + 2
+    for t in targets.values():
+        assert t["status"] == "ok" and t["latency_ms"]["input_shape"] == [1, 32]
+        assert t["speedup_vs_teacher"] > 0 and t["teacher_accuracy"] is not None
+    # The pruned student is a plain HF directory again.
+    config = json.loads((out / "prune" / "model" / "config.json").read_text())
+    assert config["pruned_heads"] and config["intermediate_size"] == 32
+    # Resume: nothing changed, every stage is skipped.
+    status = TextPipeline(load_text_recipe(recipe_path), out).run()
+    assert set(status.values()) == {"skipped"}, status
+    # A changed target reruns bench and report only.
+    raw["targets"][0]["runs"] = 6
+    status = TextPipeline(load_text_recipe(_write(tmp_path, raw)), out).run()
+    assert [k for k, v in status.items() if v == "ran"] == ["bench", "report"]
+    # Switching INT8 to QAT (torchao PT2E) reruns export onwards; every Linear still runs int8.
+    pytest.importorskip("torchao", reason="torchao not installed (QAT)")
+    raw["quant"] = {"method": "qat", "qat": {"epochs": 1, "lr": 1e-4, "batch_size": 16}}
+    status = TextPipeline(load_text_recipe(_write(tmp_path, raw)), out).run()
+    assert [k for k, v in status.items() if v == "ran"] == ["export", "bench", "report"]
+    int8 = {t["name"]: t for t in load_report(out / "report.json")["targets"]}["int8"]
+    assert int8["int8_kernels"] == {"QGemm": 2, "MatMulIntegerToFloat": 6}
+    assert int8["fp32_nodes"] == [] and int8["parity"]["top1_agreement"] > 0.9
+
+
+def test_text_cli_bad_input_exits_2(tmp_path, capsys):
+    raw = _recipe(tmp_path)
+    raw["distill"]["temprature"] = 3
+    assert _exit_code(["validate", _write(tmp_path, raw)]) == 2
+    assert "distill.temprature: unknown key" in capsys.readouterr().err
+    raw = _recipe(tmp_path)
+    raw["teacher"]["scratch"] = {"layers": 2}
+    assert _exit_code(["run", _write(tmp_path, raw), "--out", str(tmp_path / "x")]) == 2
+    assert "exactly one of teacher.path" in capsys.readouterr().err
+    raw = _recipe(tmp_path, data={"path": "missing.csv"})
+    assert _exit_code(["run", _write(tmp_path, raw), "--out", str(tmp_path / "y")]) == 2
+    assert "data.path: file not found" in capsys.readouterr().err
+    raw = _recipe(tmp_path, student={"keep_layers": [5]})
+    assert _exit_code(["run", _write(tmp_path, raw), "--out", str(tmp_path / "z")]) == 2
+    assert "student.keep_layers" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()  # nothing half-written
+    main(["validate", _write(tmp_path, _recipe(tmp_path))])
+    assert "task: text-classification" in capsys.readouterr().out

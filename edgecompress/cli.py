@@ -39,6 +39,11 @@ def _run_recipe(recipe, out: Path, force: str | None, overwrite: bool) -> int:
     Pipeline(recipe, out).run(force=force, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
+    return print_report_and_verdict(out)
+
+
+def print_report_and_verdict(out: Path) -> int:
+    """Print a finished run's report.md; 1 (with the violations) if its gate failed, else 0."""
     report = json.loads((out / "report.json").read_text())
     click.echo((out / "report.md").read_text())
     click.echo(f"report: {out / 'report.json'}")

@@ -403,15 +403,21 @@ def parse_recipe(raw: Any, *, source: str = "<recipe>", base_dir: Path | None = 
     return _resolve_paths(recipe, base_dir or Path.cwd())
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe YAML file (relative paths resolve against its directory)."""
+def read_recipe_yaml(path: str | Path) -> Any:
+    """The parsed YAML of a recipe file (image or text), or ``ConfigError`` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe YAML file (relative paths resolve against its directory)."""
+    path = Path(path)
+    raw = read_recipe_yaml(path)
     recipe = parse_recipe(raw, source=str(path), base_dir=path.resolve().parent)
     if recipe.name == "recipe":
         recipe.name = path.stem

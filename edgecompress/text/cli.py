@@ -6,10 +6,8 @@ recipes here; everything else (exit codes, report.md on stdout) behaves like an 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import click
 import yaml
 
 from edgecompress.text.recipe import is_text_recipe
@@ -28,17 +26,12 @@ def is_text_recipe_file(path: Path) -> bool:
 
 def run_text(path: Path, out: Path, force: str | None, overwrite: bool) -> int:
     """Run the text pipeline; print report.md; 1 if the gate failed, else 0."""
+    from edgecompress.cli import print_report_and_verdict
     from edgecompress.text.pipeline import TextPipeline
     from edgecompress.text.recipe import load_text_recipe
 
     TextPipeline(load_text_recipe(path), out).run(force=force, overwrite=overwrite)
-    report = json.loads((out / "report.json").read_text())
-    click.echo((out / "report.md").read_text())
-    click.echo(f"report: {out / 'report.json'}")
-    if not report["gate"]["passed"]:
-        click.echo("gate FAILED:\n  " + "\n  ".join(report["gate"]["violations"]), err=True)
-        return 1
-    return 0
+    return print_report_and_verdict(out)
 
 
 def validate_text(path: Path) -> str:

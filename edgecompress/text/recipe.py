@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgecompress.errors import ConfigError
@@ -234,13 +233,10 @@ def parse_text_recipe(raw: Any, *, source: str = "<recipe>",
 
 def load_text_recipe(path: str | Path) -> TextRecipe:
     """Read and validate a text recipe YAML file."""
+    from edgecompress.recipe import read_recipe_yaml
+
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = read_recipe_yaml(path)
     recipe = parse_text_recipe(raw, source=str(path), base_dir=path.resolve().parent)
     if recipe.name == "recipe":
         recipe.name = path.stem

@@ -131,13 +131,21 @@ def _models_section(report: dict[str, Any]) -> list[str]:
     t, s = report.get("teacher"), report.get("student")
     if not t or not s or s.get("accuracy_fp32") is None:
         return []
+    prune = next((st.get("metrics") or {} for st in report.get("stages") or []
+                  if st.get("name") == "prune"), {})
+    # Before pruning the students had the unpruned shape; the final student is the pruned one.
+    params0, macs0 = (prune["params_before"], prune["macs_before"]) if prune.get("enabled") \
+        else (s["params"], s["macs"])
+    distilled = s.get("accuracy_fp32_distilled", s["accuracy_fp32"])
     lines = ["## Models (PyTorch, FP32)", "",
              "| model | test accuracy | params | MACs |", "|---|---:|---:|---:|",
              f"| teacher | {_fmt(t['accuracy'])} | {t['params']:,} | {t['macs']:,} |",
-             f"| student (distilled) | {_fmt(s['accuracy_fp32'])} | {s['params']:,} | "
-             f"{s['macs']:,} |"]
+             f"| student (distilled) | {_fmt(distilled)} | {params0:,} | {macs0:,} |"]
     if s.get("baseline_accuracy_fp32") is not None:
         lines.append(f"| student (hard labels only) | {_fmt(s['baseline_accuracy_fp32'])} | "
+                     f"{params0:,} | {macs0:,} |")
+    if prune.get("enabled"):
+        lines.append(f"| student (distilled, pruned) | {_fmt(s['accuracy_fp32'])} | "
                      f"{s['params']:,} | {s['macs']:,} |")
     lines += ["", f"Student/teacher parameters: 1/{t['params'] / max(s['params'], 1):.1f}. "
               f"Distillation gain over the hard-label baseline: "

@@ -134,8 +134,10 @@ def _models_section(report: dict[str, Any]) -> list[str]:
     prune = next((st.get("metrics") or {} for st in report.get("stages") or []
                   if st.get("name") == "prune"), {})
     # Before pruning the students had the unpruned shape; the final student is the pruned one.
-    params0, macs0 = (prune["params_before"], prune["macs_before"]) if prune.get("enabled") \
-        else (s["params"], s["macs"])
+    # The image prune stage records params_before/macs_before, the text one summary_before.
+    before = prune.get("summary_before") or {}
+    params0 = prune.get("params_before", before.get("params", s["params"]))
+    macs0 = prune.get("macs_before", before.get("macs", s["macs"]))
     distilled = s.get("accuracy_fp32_distilled", s["accuracy_fp32"])
     lines = ["## Models (PyTorch, FP32)", "",
              "| model | test accuracy | params | MACs |", "|---|---:|---:|---:|",

@@ -152,3 +152,15 @@ def test_cli_stays_light_and_lists_the_new_commands():
     result = run_cli("--help")
     for command in ("bench", "compare", "gate", "targets"):
         assert f"  {command} " in result.stdout
+
+
+@pytest.mark.parametrize("prune_metrics", [
+    {"enabled": True, "params_before": 400, "macs_before": 4000},          # image prune stage
+    {"enabled": True, "summary_before": {"params": 400, "macs": 4000}},    # text prune stage
+])
+def test_models_table_shows_the_unpruned_and_pruned_student(prune_metrics):
+    report = make_report()
+    report["stages"] = [{"name": "prune", "seconds": 1.0, "metrics": prune_metrics}]
+    md = render_markdown(report)
+    assert "| student (distilled) | 0.9500 | 400 | 4,000 |" in md
+    assert "| student (distilled, pruned) | 0.9500 | 100 | 1,000 |" in md

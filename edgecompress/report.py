@@ -149,9 +149,11 @@ def _models_section(report: dict[str, Any]) -> list[str]:
     if prune.get("enabled"):
         lines.append(f"| student (distilled, pruned) | {_fmt(s['accuracy_fp32'])} | "
                      f"{s['params']:,} | {s['macs']:,} |")
-    lines += ["", f"Student/teacher parameters: 1/{t['params'] / max(s['params'], 1):.1f}. "
-              f"Distillation gain over the hard-label baseline: "
-              f"{_fmt(s.get('distillation_gain_pp'), '+.2f')} pp.", ""]
+    summary = f"Student/teacher parameters: 1/{t['params'] / max(s['params'], 1):.1f}."
+    if s.get("distillation_gain_pp") is not None:
+        summary += (f" Distillation gain over the hard-label baseline: "
+                    f"{s['distillation_gain_pp']:+.2f} pp.")
+    lines += ["", summary, ""]
     return lines
 
 

@@ -164,3 +164,10 @@ def test_models_table_shows_the_unpruned_and_pruned_student(prune_metrics):
     md = render_markdown(report)
     assert "| student (distilled) | 0.9500 | 400 | 4,000 |" in md
     assert "| student (distilled, pruned) | 0.9500 | 100 | 1,000 |" in md
+
+
+def test_models_table_names_the_distillation_gain_only_when_a_baseline_ran():
+    report = make_report()
+    assert "Distillation gain over the hard-label baseline: +1.00 pp." in render_markdown(report)
+    del report["student"]["distillation_gain_pp"]
+    assert "Distillation gain" not in render_markdown(report)

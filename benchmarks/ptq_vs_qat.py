@@ -8,7 +8,10 @@ and with the project's latency harness (ONNX Runtime, 1 thread, same process, in
   per-channel weights, MinMax calibration on the run's saved calibration set), i.e. what a user
   gets from ORT alone;
 - ``ours ptq <method>``: our ``ort-x86`` preset calibrated with minmax / percentile / entropy;
-- ``ours qat``: the run's QAT model (``qat/ort-x86/student.onnx``).
+- ``ours qat (as trained)``: QAT retrained here exactly as the stage does it, without the
+  stage's final comparison with PTQ (``compare_with_ptq: false``);
+- ``ours qat (stage output)``: the run's QAT model (``qat/ort-x86/student.onnx``): the trained
+  QAT model, or PTQ if QAT did not beat it on the validation split (see the run's report).
 
 Each int8 model is published through the same ORT int8 engine build (uint8 rewrite, int32 bias,
 kernel census), so the int8 kernel counts are printed too.
@@ -68,6 +71,29 @@ def _our_ptq(ctx, method: str, out: Path, calib: np.ndarray) -> Path:
     return preset.export(preset.convert(prepared), example, out)
 
 
+def _trained_qat(ctx, out: Path, calib: np.ndarray) -> Path:
+    """QAT as trained, without the stage's PTQ comparison (``compare_with_ptq: false``)."""
+    import torch
+
+    from edgecompress.quant.presets import get_preset
+    from edgecompress.stages.base import Context
+    from edgecompress.stages.common import load_teacher
+    from edgecompress.stages.qat import QatStage, load_float_student
+    from edgecompress.training import predict_logits
+
+    recipe = ctx.recipe.model_copy(deep=True)
+    recipe.stages.qat.compare_with_ptq = False
+    ctx = Context(recipe, ctx.run_dir, ctx.dist)
+    cfg, cpu = recipe.stages.qat, torch.device("cpu")
+    teacher_logits = torch.from_numpy(predict_logits(load_teacher(ctx).cpu().eval(),
+                                                     ctx.bundle.train.x, cpu))
+    preset = get_preset("ort-x86", calibration=cfg.calibration, percentile=cfg.percentile)
+    example = torch.from_numpy(ctx.bundle.train.x[:2])
+    converted, _, _ = QatStage()._quantize(ctx, preset, load_float_student(ctx).eval(), example,
+                                           teacher_logits, calib, list(cfg.keep_fp32))
+    return preset.export(converted, example, out)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Build every variant, measure accuracy and latency, print the table, save JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
         for method in ("minmax", "percentile", "entropy"):
             sources[f"ours ptq {method}"] = (_our_ptq(ctx, method, tmp / f"ptq_{method}.onnx",
                                                       calib), "int8")
-        sources["ours qat"] = (qat_model, "int8")
+        sources["ours qat (as trained)"] = (_trained_qat(ctx, tmp / "qat_trained.onnx", calib),
+                                            "int8")
+        sources["ours qat (stage output)"] = (qat_model, "int8")
         engines = {}
         for i, (name, (src, precision)) in enumerate(sources.items()):
             artifact = backend.build(src, tmp / f"engine{i}", precision=precision)

@@ -95,7 +95,8 @@ def run(recipe_path: Path, out: Path, force: str | None, overwrite: bool) -> Non
 @_force
 @_overwrite
 def demo(out: Path, force: str | None, overwrite: bool) -> None:
-    """The embedded default: digits teacher -> 5x smaller distilled student -> ONNX Runtime."""
+    """The embedded default: digits teacher -> distilled, pruned, INT8 student -> ONNX Runtime
+    and TFLite engines -> report and gate."""
     from edgecompress.recipe import load_recipe
 
     with resources.as_file(resources.files("edgecompress") / "recipes" / DEMO_RECIPE) as path:

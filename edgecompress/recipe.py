@@ -214,6 +214,9 @@ class QatConfig(_Strict):
     freeze_bn_after: int | None = Field(None, ge=0, description="Optimizer steps after which "
                                         "BatchNorm statistics are frozen (default: 2/3 of the "
                                         "QAT steps).")
+    compare_with_ptq: bool = Field(True, description="In qat mode, also calibrate a PTQ model "
+                                   "and keep it unless QAT beats it on the validation split "
+                                   "(QAT is then never worse than PTQ where it is measured).")
     calibration: Literal["minmax", "percentile", "entropy"] = Field(
         "minmax", description="PTQ range estimation on the saved calibration set.")
     percentile: float = Field(99.99, gt=50, le=100, description="Percentile of the "

@@ -194,7 +194,12 @@ def _int8_section(report: dict[str, Any]) -> list[str]:
             if p.get("status") != "ok":
                 lines.append(f"| {name} | {p.get('status')}: {p.get('reason', '')} | | | | | |")
                 continue
-            lines.append(f"| {name} | {quant['mode']} | {_fmt(p.get('test_accuracy'))} | "
+            mode, choice = quant["mode"], p.get("qat_vs_ptq")
+            if choice:
+                mode = (f"qat, {choice['kept'].upper()} kept (val: QAT "
+                        f"{_fmt(choice['qat_val_accuracy'])}, PTQ "
+                        f"{_fmt(choice['ptq_val_accuracy'])})")
+            lines.append(f"| {name} | {mode} | {_fmt(p.get('test_accuracy'))} | "
                          f"{_fmt(quant.get('fp32_test_accuracy'))} | "
                          f"{_fmt(p.get('test_drop_vs_fp32_pp'), '.2f')} | "
                          f"{len(p.get('layers_quantized') or [])} | "

@@ -46,6 +46,12 @@ def test_prune_then_qat_gives_an_all_int8_engine(write_recipe, tmp_path):
     assert qat["fp32"]["test_accuracy"] == pytest.approx(prune["test_accuracy"])
     info = qat["presets"]["ort-x86"]["qat"]
     assert info["observers_frozen_at_step"] is not None and info["bn_frozen_at_step"] is not None
+    # QAT was compared with PTQ on the validation split and the better one kept (ties: PTQ).
+    best = max(info["qat_val_accuracy"], info["ptq_val_accuracy"])
+    assert info["kept"] == ("qat" if info["qat_val_accuracy"] > info["ptq_val_accuracy"]
+                            else "ptq")
+    assert qat["presets"]["ort-x86"]["val_accuracy"] == pytest.approx(best)
+    assert quant["qat_vs_ptq"]["kept"] == info["kept"]
     assert target["parity"]["top1_agreement"] >= 0.98
     assert "## INT8" in (out / "report.md").read_text()
     lint = qat["presets"]["tensorrt"]["tensorrt_lint"]
@@ -94,3 +100,17 @@ def test_int8_target_needs_the_qat_stage(write_recipe, tmp_path):
     assert result.returncode == 2
     assert "stages.qat.enabled" in result.stderr and "cpu-int8" in result.stderr
     assert not out.exists()
+
+
+@pytest.mark.slow
+def test_qat_without_the_ptq_comparison_keeps_the_trained_model(write_recipe, tmp_path):
+    recipe = write_recipe({"stages": {"qat": {"enabled": True, "epochs": 1,
+                                              "compare_with_ptq": False}},
+                           "targets": [INT8_TARGET]})
+    out = tmp_path / "run"
+    result = run_cli("run", str(recipe), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((out / "qat" / "stage.json").read_text())["metrics"]["presets"]["ort-x86"]
+    assert info["qat"]["best_epoch"] == 1 and "kept" not in info["qat"]
+    report = json.loads((out / "report.json").read_text())
+    assert "qat_vs_ptq" not in report["quantization"]["presets"]["ort-x86"]

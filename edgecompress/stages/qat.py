@@ -252,10 +252,39 @@ class QatStage(Stage):
             info["qat"] = {"best_epoch": res.best_epoch, "steps": res.steps,
                            "observers_frozen_at_step": res.observers_frozen_at,
                            "bn_frozen_at_step": res.bn_frozen_at, "history": res.history}
-        else:
-            calibrate(prepared, calib_x)
-            info["ptq"] = {"calibration": cfg.calibration, "samples": int(len(calib_x))}
+            converted = preset.convert(prepared)
+            if cfg.compare_with_ptq:
+                converted = self._better_of_qat_and_ptq(ctx, preset, student, example, calib_x,
+                                                        skip, converted, info["qat"])
+            return converted, info, layers
+        calibrate(prepared, calib_x)
+        info["ptq"] = {"calibration": cfg.calibration, "samples": int(len(calib_x))}
         return preset.convert(prepared), info, layers
+
+    def _better_of_qat_and_ptq(self, ctx: Context, preset: Any, student: nn.Module,
+                               example: torch.Tensor, calib_x: np.ndarray, skip: list[str],
+                               qat_model: nn.Module, qat_info: dict[str, Any]) -> nn.Module:
+        """Keep the QAT model only if it beats plain PTQ (same preset, same calibration) on the
+        validation split; on a tie keep PTQ, whose weights are the validated float student's.
+
+        QAT moves the weights; when that buys nothing measurable (int8 already lossless, as on
+        small easy tasks) the untouched weights are the safer model. Both accuracies and the
+        choice go to the report (``qat.ptq_val_accuracy``, ``qat.kept``)."""
+        from edgecompress.quant.training import accuracy_of, calibrate
+
+        bundle = ctx.bundle
+        prepared = preset.prepare(copy.deepcopy(student), example, qat=False, skip=skip)
+        calibrate(prepared, calib_x)
+        ptq_model = preset.convert(prepared)
+        qat_val = accuracy_of(qat_model, bundle.val.x, bundle.val.y)
+        ptq_val = accuracy_of(ptq_model, bundle.val.x, bundle.val.y)
+        kept = "qat" if qat_val > ptq_val else "ptq"
+        qat_info.update({"qat_val_accuracy": qat_val, "ptq_val_accuracy": ptq_val,
+                         "ptq_calibration": getattr(preset, "calibration", "preset default"),
+                         "kept": kept})
+        logger.info("%s: QAT val accuracy %.4f vs PTQ %.4f: keeping %s", preset.name, qat_val,
+                    ptq_val, kept.upper())
+        return qat_model if kept == "qat" else ptq_model
 
 
 def _preset_options(ctx: Context, name: str) -> dict[str, Any]:

@@ -72,6 +72,10 @@ def quantization_summary(qat: dict[str, Any]) -> dict[str, Any] | None:
             "size_bytes", "rationale")
     for name, entry in qat.get("presets", {}).items():
         out["presets"][name] = {k: entry[k] for k in keys if k in entry}
+        choice = entry.get("qat") or {}
+        if "kept" in choice:  # qat mode compared with PTQ on the validation split
+            out["presets"][name]["qat_vs_ptq"] = {k: choice[k] for k in (
+                "kept", "qat_val_accuracy", "ptq_val_accuracy", "ptq_calibration")}
     return out
 
 

@@ -22,7 +22,9 @@ def _recipe(tmp_path, **overrides) -> dict:
     recipe = {
         "version": 1, "task": "text-classification", "name": "tiny",
         "data": {"path": data.name, "labels": ["neg", "pos"], "max_length": 24},
-        "teacher": {"path": teacher.name, "finetune": {"epochs": 3, "lr": 0.003,
+        # 8 epochs: enough for the tiny teacher to learn the task (3 left it at chance, with
+        # near-tied logits whose argmax flips under int8 noise, which made parity flaky).
+        "teacher": {"path": teacher.name, "finetune": {"epochs": 8, "lr": 0.003,
                                                          "batch_size": 16}},
         "student": {"keep_layers": [1]},
         "distill": {"epochs": 2, "lr": 0.002, "hidden": 1.0, "attention": 1.0,
@@ -66,7 +68,7 @@ def test_text_run_end_to_end_and_resume(tmp_path, capsys):
     teacher, student = report["teacher"], report["student"]
     assert student["encoder_params"] < 0.5 * teacher["encoder_params"]
     assert student["heads"] == [2] and student["layers"] == 1
-    assert 0.0 <= student["accuracy_fp32"] <= 1.0
+    assert teacher["accuracy"] > 0.8 and student["accuracy_fp32"] > 0.8
     targets = {t["name"]: t for t in report["targets"]}
     assert targets["int8"]["int8_kernels"] and targets["int8"]["fp32_nodes"] == []
     assert sum(targets["int8"]["int8_kernels"].values()) == 6 + 2

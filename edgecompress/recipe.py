@@ -7,6 +7,7 @@ typo never silently falls back to a default.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -417,14 +418,20 @@ def read_recipe_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe YAML file (relative paths resolve against its directory)."""
+def load_recipe_file(path: str | Path, parse: Callable[..., Any]) -> Any:
+    """Read a recipe YAML file and validate it with ``parse`` (``parse_recipe`` or the text
+    path's); relative paths resolve against its directory, an unnamed recipe takes the file's
+    stem as its name."""
     path = Path(path)
-    raw = read_recipe_yaml(path)
-    recipe = parse_recipe(raw, source=str(path), base_dir=path.resolve().parent)
+    recipe = parse(read_recipe_yaml(path), source=str(path), base_dir=path.resolve().parent)
     if recipe.name == "recipe":
         recipe.name = path.stem
     return recipe
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe YAML file (relative paths resolve against its directory)."""
+    return load_recipe_file(path, parse_recipe)
 
 
 def recipe_to_dict(recipe: Recipe) -> dict[str, Any]:

@@ -233,14 +233,9 @@ def parse_text_recipe(raw: Any, *, source: str = "<recipe>",
 
 def load_text_recipe(path: str | Path) -> TextRecipe:
     """Read and validate a text recipe YAML file."""
-    from edgecompress.recipe import read_recipe_yaml
+    from edgecompress.recipe import load_recipe_file
 
-    path = Path(path)
-    raw = read_recipe_yaml(path)
-    recipe = parse_text_recipe(raw, source=str(path), base_dir=path.resolve().parent)
-    if recipe.name == "recipe":
-        recipe.name = path.stem
-    return recipe
+    return load_recipe_file(path, parse_text_recipe)
 
 
 def text_recipe_to_dict(recipe: TextRecipe) -> dict[str, Any]:

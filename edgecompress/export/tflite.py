@@ -312,24 +312,23 @@ def set_float_io(path: str | Path, *, inputs: bool = True, outputs: bool = True)
         return len(sg.tensors) - 1
 
     remap: dict[int, int] = {}
+
+    def float_boundary(ends: list[int], code: int, at_input: bool) -> None:
+        """Give each int8 graph input (output) a float twin and a QUANTIZE (DEQUANTIZE) op."""
+        for pos, idx in enumerate(list(ends)):
+            if sg.tensors[idx].type not in _INT8_TYPES:
+                continue
+            new = float_twin(idx, "_int8")
+            op = fb.OperatorT()
+            op.opcodeIndex = opcode(code)
+            op.inputs, op.outputs = ([new], [idx]) if at_input else ([idx], [new])
+            sg.operators.insert(0 if at_input else len(sg.operators), op)
+            ends[pos], remap[idx] = new, new
+
     if inputs:
-        for pos, idx in enumerate(list(sg.inputs)):
-            if sg.tensors[idx].type in _INT8_TYPES:
-                new = float_twin(idx, "_int8")
-                op = fb.OperatorT()
-                op.opcodeIndex, op.inputs, op.outputs = opcode(fb.BuiltinOperator.QUANTIZE), \
-                    [new], [idx]
-                sg.operators.insert(0, op)
-                sg.inputs[pos], remap[idx] = new, new
+        float_boundary(sg.inputs, fb.BuiltinOperator.QUANTIZE, at_input=True)
     if outputs:
-        for pos, idx in enumerate(list(sg.outputs)):
-            if sg.tensors[idx].type in _INT8_TYPES:
-                new = float_twin(idx, "_int8")
-                op = fb.OperatorT()
-                op.opcodeIndex, op.inputs, op.outputs = opcode(fb.BuiltinOperator.DEQUANTIZE), \
-                    [idx], [new]
-                sg.operators.append(op)
-                sg.outputs[pos], remap[idx] = new, new
+        float_boundary(sg.outputs, fb.BuiltinOperator.DEQUANTIZE, at_input=False)
     for sig in model.signatureDefs or []:
         for tmap in list(sig.inputs or []) + list(sig.outputs or []):
             tmap.tensorIndex = remap.get(tmap.tensorIndex, tmap.tensorIndex)

@@ -276,7 +276,12 @@ class GateConfig(_Strict):
     max_latency_p50_ms: float | None = Field(None, gt=0, description="Max median latency (ms).")
     max_latency_p90_ms: float | None = Field(None, gt=0, description="Max p90 latency (ms).")
     min_speedup: float | None = Field(None, gt=0, description="Min speedup vs the teacher (teacher "
-                                      "p50 / target p50, same run).")
+                                      "p50 / target p50, same run; the median of same-round "
+                                      "ratios of the interleaved benchmark).")
+    min_int8_speedup: float | None = Field(None, gt=0, description="Min speedup of an int8 "
+                                           "target over its FP32 twin (the same student in FP32 "
+                                           "on the same runtime, timed in the same rounds); 1.0 "
+                                           "fails an int8 engine that is not faster.")
     max_size_bytes: int | None = Field(None, gt=0, description="Max size of the target's engine "
                                        "artifact in bytes.")
     no_fp32_fallback: bool = Field(False, description="Fail a target whose engine runs any node "

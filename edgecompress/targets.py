@@ -224,12 +224,6 @@ def parse_profile(raw: Any, source: str) -> TargetProfile:
         profile = TargetProfile.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format(err, source)) from None
-
-
-def load_profile(name_or_path: str | Path) -> TargetProfile:
-    """Load a profile by name (``x86-avx512``) or by YAML path.
-
-    Raises:
     if (profile.connection.ssh_config not in (None, "/dev/null")
             and os.environ.get(TRUST_SSH_CONFIG_ENV) != "1"):
         raise ConfigError(
@@ -238,6 +232,12 @@ def load_profile(name_or_path: str | Path) -> TargetProfile:
             f"both; set {TRUST_SSH_CONFIG_ENV}=1 to allow it (or put the host in your own "
             "~/.ssh/config, which ssh reads anyway)")
     return profile
+
+
+def load_profile(name_or_path: str | Path) -> TargetProfile:
+    """Load a profile by name (``x86-avx512``) or by YAML path.
+
+    Raises:
         ConfigError: unknown name (the message lists the known ones), unreadable or invalid file.
     """
     text = str(name_or_path)

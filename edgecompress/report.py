@@ -222,6 +222,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     title = (report.get("recipe") or {}).get("name", "")
     data_line = (f"Dataset **{dataset['name']}**, {dataset.get('eval_samples')} test samples."
                  if dataset.get("name") else "No dataset: latency on synthetic inputs only.")
+    samples = dataset.get("samples") if isinstance(dataset.get("samples"), dict) else None
+    if dataset.get("name") and samples:
+        data_line = (f"Dataset **{dataset['name']}** ({dataset.get('source', '?')}), "
+                     f"train/val/test {samples.get('train')}/{samples.get('val')}/"
+                     f"{samples.get('test')} samples"
+                     + (f" (test subsampled from {dataset['test_shrunk_from']})"
+                        if dataset.get("test_shrunk_from") else "")
+                     + (", labels remapped" if dataset.get("label_mapping") else "") + ".")
     lines = [f"# edgecompress report: {title}", "",
              f"{data_line} CPU: {cpu.get('model', '?')} "
              f"(flags: {', '.join(cpu.get('flags') or []) or '-'}).", ""]

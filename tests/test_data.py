@@ -466,3 +466,154 @@ def test_save_calibration_validates_inputs(digits: DatasetBundle, tmp_path: Path
     with pytest.raises(DataError, match=r"\[0, 10\)"):
         save_calibration(tmp_path, x, y + 10, digits, seed=0)
     assert list(tmp_path.iterdir()) == [], "nothing written when the input is rejected"
+
+
+# --- limits that say what they do (issue 15) -------------------------------------------------
+
+def _write_mnist_dir(directory: Path, n_train: int, n_test: int, classes: int = 4) -> None:
+    """Small idx files with train and t10k parts; every pixel of sample i is i % 256 and the
+    rows are told apart by the label file order (ids: train 0..n_train-1, test after)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = np.arange(n_train + n_test)
+    x = np.repeat((ids % 251).astype(np.uint8), 6 * 5).reshape(-1, 6, 5)
+    y = (ids % classes).astype(np.uint8)
+    _write_idx(directory / "train-images-idx3-ubyte", x[:n_train])
+    _write_idx(directory / "train-labels-idx1-ubyte", y[:n_train])
+    _write_idx(directory / "t10k-images-idx3-ubyte.gz", x[n_train:])
+    _write_idx(directory / "t10k-labels-idx1-ubyte.gz", y[n_train:])
+
+
+def test_idx_train_limit_keeps_t10k_test_split_whole(tmp_path: Path) -> None:
+    _write_mnist_dir(tmp_path / "fmnist", 400, 100)
+    full = load_dataset("idx", tmp_path / "fmnist", normalize=False, seed=3)
+    bundle = load_dataset("idx", tmp_path / "fmnist", normalize=False, seed=3, train_limit=120,
+                          name="Fashion-MNIST (tiny)")
+    # The official test split: every t10k sample, in file order, not shrunk.
+    assert len(bundle.test) == 100
+    assert np.array_equal(bundle.test.x, full.test.x) and np.array_equal(bundle.test.y, full.test.y)
+    # The training pool: exactly train_limit samples, stratified, ratio of train to val kept.
+    assert len(bundle.train) + len(bundle.val) == 120
+    assert len(bundle.val) == 18  # 60 of 400 unlimited -> 15 % of 120
+    assert np.bincount(bundle.train.y).tolist() == [26, 26, 25, 25]
+    assert np.bincount(bundle.val.y).min() >= 4
+    # Drawn from the unlimited train/val splits, so no sample moved between splits.
+    full_train = {r.tobytes() for r in full.train.x}
+    assert all(r.tobytes() in full_train for r in bundle.train.x)
+    # Seeded: same seed, same subset; another seed, another subset; the test split never moves.
+    again = load_dataset("idx", tmp_path / "fmnist", normalize=False, seed=3, train_limit=120)
+    assert np.array_equal(again.train.x, bundle.train.x)
+    other = load_dataset("idx", tmp_path / "fmnist", normalize=False, seed=4, train_limit=120)
+    assert not np.array_equal(other.train.x, bundle.train.x)
+    assert np.array_equal(other.test.y, bundle.test.y)
+    info = bundle.describe()
+    assert info["name"] == bundle.name == "Fashion-MNIST (tiny)"
+    assert info["source"] == "idx" and info["path"] == str((tmp_path / "fmnist").resolve())
+    assert info["test_split"].startswith("given: ") and "t10k-labels" in info["test_split"]
+    assert info["samples"] == {"train": len(bundle.train), "val": 18, "test": 100}
+    assert info["available"] == {"pool": 400, "test": 100}
+    assert info["limits"] == {"train_limit": 120} and info["test_shrunk_from"] is None
+    assert info["transforms"] == [{"op": "scale", "factor": 1 / 255, "why": "uint8 pixels"}]
+    json.dumps(info)  # JSON-ready for the report
+
+
+def test_eval_limit_shrinks_test_split_stratified_and_says_so(tmp_path: Path, caplog) -> None:
+    _write_mnist_dir(tmp_path / "d", 200, 100)
+    with caplog.at_level("WARNING", logger="edgecompress.data.datasets"):
+        bundle = load_dataset("idx", tmp_path / "d", eval_limit=40, normalize=True)
+    assert len(bundle.test) == 40 and np.bincount(bundle.test.y).tolist() == [10] * 4
+    assert len(bundle.train) + len(bundle.val) == 200
+    assert "eval_limit=40" in caplog.text and "40 of the 100 test samples" in caplog.text
+    info = bundle.describe()
+    assert info["test_shrunk_from"] == 100 and info["limits"] == {"eval_limit": 40}
+    assert [t["op"] for t in info["transforms"]] == ["scale", "normalize"]
+    # Without a given test split, eval_limit shrinks the carved one; train_limit leaves it alone.
+    np.savez(tmp_path / "a.npz", x=_id_images(300), y=np.arange(300) % 3)
+    base = load_dataset("npz", tmp_path / "a.npz")
+    limited = load_dataset("npz", tmp_path / "a.npz", train_limit=60)
+    assert np.array_equal(_ids(limited.test.x, limited), _ids(base.test.x, base))
+    assert len(limited.train) + len(limited.val) == 60
+    assert len(load_dataset("npz", tmp_path / "a.npz", eval_limit=30).test) == 30
+
+
+def test_old_limit_shrinking_given_test_split_is_logged_and_recorded(tmp_path: Path,
+                                                                     caplog) -> None:
+    _write_mnist_dir(tmp_path / "d", 400, 100)
+    with caplog.at_level("WARNING", logger="edgecompress.data.datasets"):
+        bundle = load_dataset("idx", tmp_path / "d", limit=200)
+    assert len(bundle.test) == 40 and len(bundle.train) + len(bundle.val) == 160
+    assert "also shrank the given test split" in caplog.text and "train_limit" in caplog.text
+    assert bundle.describe()["test_shrunk_from"] == 100
+
+
+def test_limit_cannot_be_combined_and_limits_below_class_count_refused(tmp_path: Path) -> None:
+    from edgecompress.recipe import DataConfig
+
+    with pytest.raises(ConfigError, match="train_limit"):
+        load_dataset("digits", limit=100, train_limit=50)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        DataConfig(limit=100, eval_limit=50)
+    cfg = DataConfig(train_limit=500, eval_limit=100, name="my digits")
+    assert (cfg.train_limit, cfg.eval_limit, cfg.name) == (500, 100, "my digits")
+    for key in ("limit", "train_limit", "eval_limit"):
+        with pytest.raises(DataError, match=rf"data\.{key}=5 is smaller than the number of "
+                                            r"classes \(10\)"):
+            load_dataset("digits", **{key: 5})
+
+
+# --- data sanity (issue 16) ------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (np.r_[np.arange(59) % 3, -1], r"'y'\]: label -1 at row 59 is negative"),
+        (np.zeros(60, np.int64), r"'y'\]: found 1 class\(es\); classification needs at least 2"),
+        (np.r_[np.zeros(30), np.ones(29), 2], r"class '2' has 1 sample\(s\) in all but none in "
+                                              r"the (train|val|test) split"),
+        (np.r_[np.arange(58) % 2, np.nan, 1], r"'y'\]: labels must be integers; row 58"),
+    ],
+)
+def test_bad_labels_raise_data_error_naming_file_and_label(tmp_path: Path, labels: np.ndarray,
+                                                           match: str) -> None:
+    path = tmp_path / "labels.npz"
+    np.savez(path, x=_id_images(60), y=labels)
+    with pytest.raises(DataError, match=match) as info:
+        load_dataset("npz", path)
+    assert str(path) in str(info.value)
+    assert info.value.exit_code == 2
+
+
+def test_nan_pixel_names_the_row(tmp_path: Path) -> None:
+    x = _id_images(40)
+    x[17, 2, 1] = np.inf
+    np.savez(tmp_path / "nan.npz", x=x, y=np.arange(40) % 2)
+    with pytest.raises(DataError, match=r"nan\.npz\['x'\]: images contain NaN or infinite values "
+                                        r"at row 17 "):
+        load_dataset("npz", tmp_path / "nan.npz")
+
+
+def test_given_test_label_unknown_to_train_is_refused(tmp_path: Path) -> None:
+    x = _id_images(80)
+    y = np.arange(80) % 2
+    y_test = y[60:].copy()
+    y_test[5] = 9
+    np.savez(tmp_path / "g.npz", x_train=x[:60], y_train=y[:60], x_test=x[60:], y_test=y_test)
+    with pytest.raises(DataError, match=r"g\.npz\['y_test'\]: label 9 at row 5 does not occur in "
+                                        r"the training data"):
+        load_dataset("npz", tmp_path / "g.npz")
+
+
+def test_label_mapping_is_logged_and_recorded(tmp_path: Path, caplog) -> None:
+    np.savez(tmp_path / "m.npz", x=_id_images(90), y=np.arange(90) % 3 * 5 + 1)  # 1, 6, 11
+    with caplog.at_level("WARNING", logger="edgecompress.data.checks"):
+        bundle = load_dataset("npz", tmp_path / "m.npz")
+    assert "mapped" in caplog.text and "'11': 2" in caplog.text
+    assert bundle.describe()["label_mapping"] == {"1": 0, "6": 1, "11": 2}
+    assert bundle.class_names == ["1", "6", "11"]
+    assert load_dataset("digits", limit=100).describe()["label_mapping"] is None
+
+
+def test_imagefolder_single_class_refused(tmp_path: Path) -> None:
+    (tmp_path / "only").mkdir()
+    Image.new("L", (4, 4)).save(tmp_path / "only" / "a.png")
+    with pytest.raises(DataError, match=r"found 1 class\(es\)"):
+        load_dataset("imagefolder", tmp_path)

@@ -14,11 +14,19 @@ import logging
 import math
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from edgecompress.data.checks import (
+    check_class_count,
+    check_finite,
+    check_limits,
+    check_split_counts,
+    encode_labels,
+)
 from edgecompress.data.split import (
     Split,
     compute_normalization,
@@ -56,6 +64,16 @@ class DatasetBundle:
     class_names: list[str]
     mean: list[float]
     std: list[float]
+    #: What the data is and how it was prepared (source, split sizes, limits, label mapping,
+    #: transforms): recorded in dataset.json and the report; not part of the fingerprint.
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        """The report's dataset record: name, source, split sizes, limits, transforms."""
+        return json.loads(json.dumps({
+            "name": self.name, **self.info,
+            "samples": {"train": len(self.train), "val": len(self.val), "test": len(self.test)},
+            "num_classes": int(self.num_classes), "input_shape": list(self.input_shape)}))
 
     def fingerprint(self) -> str:
         """SHA-256 over every array and the metadata; identical across processes and machines.
@@ -92,6 +110,14 @@ class _Raw:
     class_names: list[str]
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    #: Where the labels came from (a file, or file[key]): named in data errors.
+    label_source: str = ""
+    #: Where the given test labels came from, if the source ships a test split.
+    test_source: str = ""
+    #: Original label -> class index, when the labels were not already 0..K-1.
+    label_mapping: dict[str, int] | None = None
+    #: Whether the pixels were uint8 (scaled by 1/255).
+    uint8: bool = False
 
 
 def _to_nchw(x: np.ndarray, where: str) -> np.ndarray:
@@ -114,38 +140,8 @@ def _to_nchw(x: np.ndarray, where: str) -> np.ndarray:
     out = np.ascontiguousarray(x, dtype=np.float32)
     if x.dtype == np.uint8:
         out /= np.float32(255.0)
-    if not np.isfinite(out).all():
-        raise DataError(f"{where}: images contain NaN or infinite values (shape {x.shape})")
+    check_finite(out, where)
     return out
-
-
-def _encode_labels(
-    parts: list[tuple[np.ndarray, str]],
-) -> tuple[list[np.ndarray], list[str]]:
-    """Map integer labels onto 0..K-1 via ``np.unique`` over all parts (train and given test).
-
-    Labels already 0..K-1 are unchanged; others (e.g. 1..10 or {3, 7}) are remapped in sorted
-    order and ``class_names`` records the original values.
-    """
-    cleaned = []
-    for y, where in parts:
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1:
-            raise DataError(f"{where}: labels must have shape (N,) of class indices, "
-                            f"got shape {y.shape}")
-        if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
-            y = y.astype(np.int64)
-        if y.dtype.kind not in "biu":
-            raise DataError(f"{where}: labels must be integers, got dtype {y.dtype} "
-                            f"(shape {y.shape})")
-        cleaned.append(y.astype(np.int64))
-    classes = np.unique(np.concatenate(cleaned))
-    if not np.array_equal(classes, np.arange(classes.shape[0])):
-        logger.warning("%s: labels %s remapped to 0..%d", parts[0][1], classes.tolist()[:20],
-                       classes.shape[0] - 1)
-    encoded = [np.searchsorted(classes, y).astype(np.int64) for y in cleaned]
-    return encoded, [str(int(c)) for c in classes]
 
 
 def _check_lengths(x: np.ndarray, y: np.ndarray, where_x: str, where_y: str) -> None:
@@ -168,7 +164,7 @@ def _load_digits(path: str | Path | None) -> _Raw:
     digits = load_digits()
     x = (digits.images.astype(np.float32) / np.float32(16.0))[:, None]
     return _Raw("digits", np.ascontiguousarray(x), digits.target.astype(np.int64),
-                [str(int(t)) for t in digits.target_names])
+                [str(int(t)) for t in digits.target_names], label_source="sklearn load_digits")
 
 
 def _load_npz(path: Path, npz_keys: tuple[str, str]) -> _Raw:
@@ -196,20 +192,23 @@ def _load_npz(path: Path, npz_keys: tuple[str, str]) -> _Raw:
     if kx in arrays:
         _check_lengths(arrays[kx], arrays[ky], f"{path}[{kx!r}]", f"{path}[{ky!r}]")
         x = _to_nchw(arrays[kx], f"{path}[{kx!r}]")
-        (y,), names = _encode_labels([(arrays[ky], f"{path}[{ky!r}]")])
-        return _Raw(name, x, y, names)
+        (y,), names, mapping = encode_labels([(arrays[ky], f"{path}[{ky!r}]")])
+        return _Raw(name, x, y, names, label_source=f"{path}[{ky!r}]", label_mapping=mapping,
+                    uint8=arrays[kx].dtype == np.uint8)
     where = {k: f"{path}[{k!r}]" for k in split_keys}
     for part in ("train", "test"):
         _check_lengths(arrays[f"x_{part}"], arrays[f"y_{part}"], where[f"x_{part}"],
                        where[f"y_{part}"])
     x_tr = _to_nchw(arrays["x_train"], where["x_train"])
     x_te = _to_nchw(arrays["x_test"], where["x_test"])
-    (y_tr, y_te), names = _encode_labels([(arrays["y_train"], where["y_train"]),
-                                          (arrays["y_test"], where["y_test"])])
+    (y_tr, y_te), names, mapping = encode_labels([(arrays["y_train"], where["y_train"]),
+                                                  (arrays["y_test"], where["y_test"])])
     if x_tr.shape[1:] != x_te.shape[1:]:
         raise DataError(f"{where['x_train']} images have shape {x_tr.shape[1:]} (C, H, W) but "
                         f"{where['x_test']} images have shape {x_te.shape[1:]}")
-    return _Raw(name, x_tr, y_tr, names, x_te, y_te)
+    return _Raw(name, x_tr, y_tr, names, x_te, y_te, label_source=where["y_train"],
+                test_source=where["y_test"], label_mapping=mapping,
+                uint8=arrays["x_train"].dtype == np.uint8)
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -272,14 +271,17 @@ def _load_idx(directory: Path) -> _Raw:
     for p in prefixes:
         _check_lengths(images[p], labels[p], str(found[p, "images"]), str(found[p, "labels"]))
     xs = {p: _to_nchw(images[p], str(found[p, "images"])) for p in prefixes}
-    ys, names = _encode_labels([(labels[p], str(found[p, "labels"])) for p in prefixes])
+    ys, names, mapping = encode_labels([(labels[p], str(found[p, "labels"])) for p in prefixes])
     name = directory.resolve().name
+    sources = {"label_source": str(found["train", "labels"]), "label_mapping": mapping,
+               "uint8": images["train"].dtype == np.uint8}
     if not has_test:
-        return _Raw(name, xs["train"], ys[0], names)
+        return _Raw(name, xs["train"], ys[0], names, **sources)
     if xs["train"].shape[1:] != xs["t10k"].shape[1:]:
         raise DataError(f"{found['train', 'images']} images have shape {xs['train'].shape[1:]} "
                         f"but {found['t10k', 'images']} images have {xs['t10k'].shape[1:]}")
-    return _Raw(name, xs["train"], ys[0], names, xs["t10k"], ys[1])
+    return _Raw(name, xs["train"], ys[0], names, xs["t10k"], ys[1],
+                test_source=str(found["t10k", "labels"]), **sources)
 
 
 def _load_imagefolder(root: Path, image_size: tuple[int, int] | None, grayscale: bool) -> _Raw:
@@ -293,6 +295,7 @@ def _load_imagefolder(root: Path, image_size: tuple[int, int] | None, grayscale:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: no class folders found (expected {root}/<class_name>/*.png)")
+    check_class_count(len(classes), f"image folder {root} (class folders: {classes})")
     files: list[Path] = []
     labels: list[int] = []
     for k, cls in enumerate(classes):
@@ -323,7 +326,8 @@ def _load_imagefolder(root: Path, image_size: tuple[int, int] | None, grayscale:
         pixels.append(np.asarray(img, dtype=np.uint8))
     stacked = np.stack(pixels)
     x = stacked[:, None] if grayscale else stacked.transpose(0, 3, 1, 2)
-    return _Raw(root.resolve().name, _to_nchw(x, str(root)), np.asarray(labels, np.int64), classes)
+    return _Raw(root.resolve().name, _to_nchw(x, str(root)), np.asarray(labels, np.int64), classes,
+                label_source=f"image folder {root}")
 
 
 def _adapt(x: np.ndarray, image_size: tuple[int, int] | None, grayscale: bool,
@@ -346,7 +350,7 @@ def _adapt(x: np.ndarray, image_size: tuple[int, int] | None, grayscale: bool,
 
 
 def _check_options(source: str, path: object, val_fraction: float, test_fraction: float,
-                   image_size: tuple[int, int] | None, limit: int | None) -> None:
+                   image_size: tuple[int, int] | None, limits: dict[str, int | None]) -> None:
     if source not in SOURCES:
         raise ConfigError(f"unknown dataset source {source!r}; expected one of {list(SOURCES)}")
     if source != "digits" and path is None:
@@ -360,8 +364,39 @@ def _check_options(source: str, path: object, val_fraction: float, test_fraction
     if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
         raise ConfigError(f"image_size must be (height, width) with positive sizes, "
                           f"got {image_size!r}")
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit must be a positive number of samples, got {limit}")
+    for key, value in limits.items():
+        if value is not None and (isinstance(value, bool) or value < 1):
+            raise ConfigError(f"{key} must be a positive number of samples, got {value}")
+    if limits["limit"] is not None and (limits["train_limit"] is not None
+                                        or limits["eval_limit"] is not None):
+        raise ConfigError("limit cannot be combined with train_limit / eval_limit: limit "
+                          "subsamples all data before splitting; use train_limit (training pool) "
+                          "and eval_limit (test split) instead")
+
+
+def _transforms(source: str, raw_dtype_uint8: bool, image_size: tuple[int, int] | None,
+                grayscale: bool, normalize: bool, mean: list[float],
+                std: list[float]) -> list[dict[str, Any]]:
+    """The preprocessing applied to every split, in order (recorded in the report)."""
+    steps: list[dict[str, Any]] = []
+    if source == "digits":
+        steps.append({"op": "scale", "factor": 1 / 16, "why": "digits pixels are 0..16"})
+    elif source == "imagefolder" or raw_dtype_uint8:
+        steps.append({"op": "scale", "factor": 1 / 255, "why": "uint8 pixels"})
+    if grayscale:
+        steps.append({"op": "grayscale", "method": "ITU-R 601 luma"})
+    if image_size is not None:
+        steps.append({"op": "resize", "size": list(image_size), "interpolation": "bilinear",
+                      "antialias": True})
+    if normalize:
+        steps.append({"op": "normalize", "mean": mean, "std": std,
+                      "statistics": "train split"})
+    return steps
+
+
+def _shrink(idx: np.ndarray, y: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
+    """A stratified subset of the index array ``idx`` (labels ``y[idx]``) of ``num`` entries."""
+    return idx[stratified_subsample(y[idx], num, rng)]
 
 
 def load_dataset(
@@ -376,8 +411,11 @@ def load_dataset(
     npz_keys: tuple[str, str] = ("x", "y"),
     normalize: bool = True,
     limit: int | None = None,
+    train_limit: int | None = None,
+    eval_limit: int | None = None,
+    name: str | None = None,
 ) -> DatasetBundle:
-    """Load a dataset, split it reproducibly and normalise it with train-split statistics.
+    """Load a dataset, check it, split it reproducibly and normalise it with train statistics.
 
     One entry point for every source so that recipes only name a source and a path, and every
     later stage (training, pruning, calibration, export parity) sees identical preprocessing.
@@ -388,25 +426,35 @@ def load_dataset(
         val_fraction: Share of the samples for validation. When the source ships its own test
             split (npz ``x_test``/``y_test``, idx ``t10k-*``) it is a share of the train part.
         test_fraction: Share of the samples for test; ignored when the source has a test split.
-        seed: Seeds the ``limit`` subsample and the split; same seed, same splits.
+        seed: Seeds the limits' subsamples and the split; same seed, same splits.
         image_size: ``(height, width)`` to resize to (bilinear, antialiased). Required for image
             folders whose images differ in size.
         grayscale: Convert RGB images to one channel (ITU-R 601 luma, as Pillow's ``"L"``).
         npz_keys: Image and label keys of an npz archive that is split here.
         normalize: Subtract the per-channel train mean and divide by the train std. When False,
             ``mean``/``std`` are reported as 0/1 (the identity transform).
-        limit: Stratified subsample of at most this many samples, taken before splitting (a given
-            test split is shrunk in proportion).
+        limit: Older, blunter option: a stratified subsample of at most this many samples of
+            *all* the data, taken before splitting, so a given test split is shrunk in
+            proportion too (logged as a warning and recorded). Prefer ``train_limit``.
+        train_limit: At most this many samples in train + val together (stratified, seeded,
+            drawn from the full split, so train and val keep their ratio). The test split is the
+            same as without the limit: a given test split stays whole.
+        eval_limit: At most this many test samples (stratified, seeded); off by default.
+        name: The dataset's name in logs and reports (default: the file or directory name).
 
     Returns:
-        The bundle with float32 NCHW splits and int64 labels 0..K-1.
+        The bundle with float32 NCHW splits and int64 labels 0..K-1; ``bundle.describe()`` says
+        what was loaded and how.
 
     Raises:
         ConfigError: An option is invalid (unknown source, fractions out of range, ...).
-        DataError: The data is missing, unreadable, of the wrong shape, or too small to split.
+        DataError: The data is missing, unreadable, of the wrong shape, has bad labels (negative,
+            a test label unknown to train, one class), NaN/inf pixels, a limit below the class
+            count, or too few samples of a class for the split.
         BackendUnavailable: scikit-learn (digits) or Pillow (imagefolder) is not installed.
     """
-    _check_options(source, path, val_fraction, test_fraction, image_size, limit)
+    limits = {"limit": limit, "train_limit": train_limit, "eval_limit": eval_limit}
+    _check_options(source, path, val_fraction, test_fraction, image_size, limits)
     if source == "digits":
         raw = _load_digits(path)
     elif source == "npz":
@@ -419,9 +467,17 @@ def load_dataset(
         raw.x = _adapt(raw.x, image_size, grayscale, raw.name)
         if raw.x_test is not None:
             raw.x_test = _adapt(raw.x_test, image_size, grayscale, raw.name)
+    name = name or raw.name
+    where = raw.label_source or name
+    num_classes = len(raw.class_names)
+    check_limits(limits, num_classes, where)
     rng = np.random.default_rng(seed)
     x, y = raw.x, raw.y
-    if raw.x_test is None:
+    given_test = raw.x_test is not None
+    available = {"pool": int(y.shape[0]),
+                 "test": int(raw.y_test.shape[0]) if given_test else None}
+    test_shrunk_from = None
+    if not given_test:
         if limit is not None and limit < y.shape[0]:
             keep = stratified_subsample(y, limit, rng)
             x, y = x[keep], y[keep]
@@ -434,37 +490,71 @@ def load_dataset(
             n_pool = fraction_count(limit, y.shape[0] / total)
             keep = stratified_subsample(y, n_pool, rng)
             keep_test = stratified_subsample(y_test, limit - n_pool, rng)
+            test_shrunk_from = int(y_test.shape[0])
             x, y, x_test, y_test = x[keep], y[keep], x_test[keep_test], y_test[keep_test]
-        logger.debug("%s ships a test split; test_fraction is not used", raw.name)
+            logger.warning("%s: data.limit=%d also shrank the given test split (%s) from %d to "
+                           "%d samples; use data.train_limit to limit the training pool only",
+                           name, limit, raw.test_source, test_shrunk_from, y_test.shape[0])
+        logger.debug("%s ships a test split; test_fraction is not used", name)
         train_idx, val_idx, _ = stratified_split(y, val_fraction, 0.0, rng)
+    pool = train_idx.shape[0] + val_idx.shape[0]
+    if train_limit is not None and train_limit < pool:
+        n_val = fraction_count(train_limit, val_idx.shape[0] / pool)
+        train_idx = _shrink(train_idx, y, train_limit - n_val, rng)
+        val_idx = _shrink(val_idx, y, n_val, rng)
+        logger.info("%s: train_limit=%d: train + val use %d of %d samples", name, train_limit,
+                    train_limit, pool)
+    if eval_limit is not None and eval_limit < y_test.shape[0]:
+        test_shrunk_from = int(y_test.shape[0])
+        keep_test = np.sort(stratified_subsample(y_test, eval_limit, rng))
+        x_test, y_test = x_test[keep_test], y_test[keep_test]
+        logger.warning("%s: eval_limit=%d: accuracy is measured on %d of the %d test samples",
+                       name, eval_limit, y_test.shape[0], test_shrunk_from)
     sizes = {"train": train_idx.shape[0], "val": val_idx.shape[0], "test": y_test.shape[0]}
     if min(sizes.values()) == 0:
-        raise DataError(f"{raw.name}: too few samples to split ({sizes}); use more data, a larger "
+        raise DataError(f"{name}: too few samples to split ({sizes}); use more data, a larger "
                         f"limit or larger fractions")
     x_train, y_train = x[train_idx], y[train_idx]
-    missing = sorted(set(range(len(raw.class_names))) - set(np.unique(y_train).tolist()))
-    if missing:
-        logger.warning("%s: classes %s have no train samples", raw.name,
-                       [raw.class_names[k] for k in missing])
     x_val, y_val = x[val_idx], y[val_idx]
+    required = ["train", "val"] if given_test and eval_limit is None else ["train", "val", "test"]
+    per_class = check_split_counts(
+        {"train": y_train, "val": y_val, "test": y_test}, raw.class_names, where,
+        required=required,
+        hint=(f"every class needs samples in train, val and test (val_fraction={val_fraction}"
+              + ("" if given_test else f", test_fraction={test_fraction}")
+              + "); add samples of this class, remove it, or use a larger limit"))
     channels = x.shape[1]
     mean, std = [0.0] * channels, [1.0] * channels
     if normalize:
         mean, std = compute_normalization(x_train)
         x_train, x_val, x_test = (normalize_array(a, mean, std) for a in (x_train, x_val, x_test))
+    info = {
+        "source": source,
+        "path": str(Path(path).resolve()) if path is not None else None,
+        "test_split": ("given: " + raw.test_source) if given_test
+        else f"carved here: test_fraction={test_fraction}, stratified, seed={seed}",
+        "val_split": f"carved from the training pool: val_fraction={val_fraction}",
+        "available": available,
+        "limits": {k: v for k, v in limits.items() if v is not None},
+        "test_shrunk_from": test_shrunk_from,
+        "label_mapping": raw.label_mapping,
+        "class_names": list(raw.class_names),
+        "per_class": per_class,
+        "transforms": _transforms(source, raw.uint8, image_size, grayscale, normalize, mean, std),
+    }
     bundle = DatasetBundle(
-        name=raw.name,
+        name=name,
         train=Split(x_train, y_train),
         val=Split(x_val, y_val),
         test=Split(x_test, y_test),
-        num_classes=len(raw.class_names),
+        num_classes=num_classes,
         input_shape=(int(channels), int(x.shape[2]), int(x.shape[3])),
         class_names=list(raw.class_names),
         mean=mean,
         std=std,
+        info=info,
     )
-    logger.info("loaded %s: input %s, %d classes, train/val/test = %d/%d/%d", bundle.name,
-                bundle.input_shape, bundle.num_classes, sizes["train"], sizes["val"],
+    logger.info("loaded %s (%s): input %s, %d classes, train/val/test = %d/%d/%d", bundle.name,
+                source, bundle.input_shape, bundle.num_classes, sizes["train"], sizes["val"],
                 sizes["test"])
     return bundle
-

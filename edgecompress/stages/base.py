@@ -52,7 +52,8 @@ class Context:
                 cfg.source, cfg.path, val_fraction=cfg.val_fraction,
                 test_fraction=cfg.test_fraction, seed=self.recipe.seed,
                 image_size=cfg.image_size, grayscale=cfg.grayscale, npz_keys=cfg.npz_keys,
-                limit=cfg.limit)
+                limit=cfg.limit, train_limit=cfg.train_limit, eval_limit=cfg.eval_limit,
+                name=cfg.name)
         return self._bundle
 
 

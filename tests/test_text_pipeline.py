@@ -75,6 +75,15 @@ def test_text_run_end_to_end_and_resume(tmp_path, capsys):
     for t in targets.values():
         assert t["status"] == "ok" and t["latency_ms"]["input_shape"] == [1, 32]
         assert t["speedup_vs_teacher"] > 0 and t["teacher_accuracy"] is not None
+    # Issues 18/14: one interleaved benchmark for both targets (same input, same settings):
+    # the teacher engine is shared, the int8 target is paired with its FP32 twin.
+    fp32, int8 = targets["fp32"], targets["int8"]
+    assert int8["timing"]["scheme"] == "interleaved" and len(int8["timing"]["engines"]) == 3
+    assert int8["teacher_latency_ms"]["round_p50_ms"] == fp32["teacher_latency_ms"]["round_p50_ms"]
+    assert int8["fp32_latency_ms"]["round_p50_ms"] == fp32["latency_ms"]["round_p50_ms"]
+    assert int8["int8_speedup_vs_fp32"] > 0 and "int8_speedup_vs_fp32" not in fp32
+    assert int8["fp32_accuracy"] == fp32["accuracy"]
+    assert int8["throughput"]["gmacs_per_s"] > 0 and int8["latency_ms"]["cpu_p50"] > 0
     # The pruned student is a plain HF directory again.
     config = json.loads((out / "prune" / "model" / "config.json").read_text())
     assert config["pruned_heads"] and config["intermediate_size"] == 32

@@ -126,7 +126,8 @@ class TextExportStage(Stage):
 
 class TextBenchStage(Stage):
     """Per target: accuracy on the test split through ONNX Runtime, and latency at
-    ``seq_len`` of the student's engine and of the optimized FP32 teacher, same run."""
+    ``seq_len`` of the student's engine, of the optimized FP32 teacher and (int8 targets) of
+    the FP32 student, timed in the same interleaved rounds."""
 
     name = "bench"
 
@@ -140,11 +141,21 @@ class TextBenchStage(Stage):
         from edgecompress.report import environment
 
         results, outputs = [], {}
+        # Targets with the same input and timing settings share one interleaved benchmark:
+        # every engine of the group is timed in the same rounds (A B C, B C A, ...).
+        groups: dict[tuple, list[Any]] = {}
         for target in ctx.recipe.targets:
-            entry = bench_text_target(ctx, target)
+            groups.setdefault(_timing_key(target), []).append(target)
+        by_name = {}
+        for group in groups.values():
+            for entry in bench_text_targets(ctx, group):
+                by_name[entry["name"]] = entry
+        for target in ctx.recipe.targets:
+            entry = by_name[target.name]
             results.append(entry)
-            for key in ("artifact", "teacher_artifact"):
-                outputs[f"{target.name}:{key}"] = ctx.run_dir / entry[key]
+            for key in ("artifact", "teacher_artifact", "fp32_artifact"):
+                if entry.get(key):
+                    outputs[f"{target.name}:{key}"] = ctx.run_dir / entry[key]
         path = ctx.stage_dir(self.name) / "results.json"
         atomic_write_json(path, {"environment": environment(), "targets": results})
         outputs["results"] = path
@@ -169,59 +180,104 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def bench_text_target(ctx: TextContext, target: Any) -> dict[str, Any]:
-    """One target's report entry (plus raw samples for results.json)."""
-    import functools
+def _timing_key(target: Any) -> tuple:
+    return (target.seq_len, target.batch_size, target.warmup, target.runs, target.max_seconds,
+            min(target.min_runs, target.runs) if target.max_seconds is not None else None)
 
-    from edgecompress.bench import measure_latency, parity_summary
+
+def bench_text_targets(ctx: TextContext, targets: list[Any]) -> list[dict[str, Any]]:
+    """Report entries (plus raw samples for results.json) of targets sharing input and timing
+    settings: their engines (teacher, FP32 student, each INT8 engine) are timed together in
+    interleaved rounds and every speedup is a median of same-round ratios."""
+    import functools
+    import hashlib
+
+    from edgecompress.bench import measure_interleaved, parity_summary
+    from edgecompress.bench.speed import speed_fields, throughput_fields
     from edgecompress.text.data import fixed_length_input
     from edgecompress.text.export import ort_session
-
-    export = ctx.run_dir / "export"
-    engine = ctx.run_dir / "engines" / target.name
-    src = export / ("student.int8.onnx" if target.precision == "int8" else "student.opt.onnx")
-    artifact = _copy(src, engine / "model.onnx")
-    teacher_art = _copy(export / "teacher.opt.onnx", engine / "teacher" / "model.onnx")
-    tok = ctx.tokenizer
-    ids, mask = fixed_length_input(ctx.encoded("test"), target.seq_len, target.batch_size,
-                                   tok.cls_token_id, tok.sep_token_id)
-    disabled = TextExportStage._disabled(ctx) if target.precision == "int8" else None
-    measured = {}
-    for role, path in (("teacher", teacher_art), ("student", artifact)):
-        session = ort_session(path, target.threads, disabled=disabled if role == "student"
-                              else None)
-        acc, logits = ort_accuracy(session, ctx)
-        call = functools.partial(session.run, None, {"input_ids": ids, "attention_mask": mask})
-        lat = measure_latency(call, warmup=target.warmup, runs=target.runs,
-                              threads=target.threads, batch_size=target.batch_size,
-                              max_seconds=target.max_seconds,
-                              min_runs=min(target.min_runs, target.runs),
-                              input_shape=list(ids.shape))
-        measured[role] = {"accuracy": acc, "logits": logits, "latency": lat}
-        logger.info("%s %s: accuracy %.4f, p50 %.3f ms", target.name, role, acc, lat.p50)
+    from edgecompress.text.models import encoder_macs
     from edgecompress.text.stages import load_run_model
     from edgecompress.text.train import predict
 
-    reference = predict(load_run_model(ctx.final_student_dir()), ctx.encoded("test"), ctx.pad_id)
-    s_lat, t_lat = measured["student"]["latency"], measured["teacher"]["latency"]
-    entry = {
-        "name": target.name, "backend": target.backend, "precision": target.precision,
-        "threads": target.threads, "seq_len": target.seq_len, "status": "ok", "reason": "",
-        "artifact": str(artifact.relative_to(ctx.run_dir)),
-        "size_bytes": artifact.stat().st_size,
-        "teacher_artifact": str(teacher_art.relative_to(ctx.run_dir)),
-        "teacher_size_bytes": teacher_art.stat().st_size,
-        "accuracy": measured["student"]["accuracy"],
-        "teacher_accuracy": measured["teacher"]["accuracy"],
-        "latency_ms": s_lat.to_dict(), "teacher_latency_ms": t_lat.to_dict(),
-        "speedup_vs_teacher": t_lat.p50 / s_lat.p50 if s_lat.p50 > 0 else None,
-        "parity": parity_summary(reference, measured["student"]["logits"]),
-        "samples_ms": {"student": s_lat.samples_ms, "teacher": t_lat.samples_ms},
-    }
-    if target.precision == "int8":
-        from edgecompress.text.quant import kernel_report
+    export = ctx.run_dir / "export"
+    first = targets[0]
+    tok = ctx.tokenizer
+    ids, mask = fixed_length_input(ctx.encoded("test"), first.seq_len, first.batch_size,
+                                   tok.cls_token_id, tok.sep_token_id)
+    feed = {"input_ids": ids, "attention_mask": mask}
+    engines: dict[tuple, str] = {}  # (bytes, disabled optimizers, threads) -> engine name
+    opened: dict[str, tuple[Path, list[str] | None, int]] = {}
+    plans = []
+    for target in targets:
+        engine = ctx.run_dir / "engines" / target.name
+        src = export / ("student.int8.onnx" if target.precision == "int8"
+                        else "student.opt.onnx")
+        arts = {"student": _copy(src, engine / "model.onnx"),
+                "teacher": _copy(export / "teacher.opt.onnx", engine / "teacher" / "model.onnx")}
+        if target.precision == "int8":  # the FP32 twin: the same student, FP32, same runtime
+            arts["fp32"] = export / "student.opt.onnx"
+        disabled = TextExportStage._disabled(ctx) if target.precision == "int8" else None
+        names = {}
+        for role, path in arts.items():
+            off = disabled if role == "student" else None
+            key = (hashlib.sha256(path.read_bytes()).hexdigest(), tuple(off or ()),
+                   target.threads)
+            if key not in engines:
+                engines[key] = f"{target.name}/{role}"
+                opened[engines[key]] = (path, off, target.threads)
+            names[role] = engines[key]
+        plans.append((target, arts, names, disabled))
+    measured: dict[str, dict[str, Any]] = {}
+    calls = {}
+    for name, (path, off, threads) in opened.items():
+        session = ort_session(path, threads, disabled=off)
+        acc, logits = ort_accuracy(session, ctx)
+        measured[name] = {"accuracy": acc, "logits": logits}
+        calls[name] = functools.partial(session.run, None, feed)
+    result = measure_interleaved(
+        calls, warmup=first.warmup, runs=first.runs,
+        threads={name: threads for name, (_, _, threads) in opened.items()},
+        batch_size=first.batch_size, max_seconds=first.max_seconds,
+        min_runs=min(first.min_runs, first.runs), input_shape=list(ids.shape))
+    student_model = load_run_model(ctx.final_student_dir())
+    reference = predict(student_model, ctx.encoded("test"), ctx.pad_id)
+    macs = encoder_macs(student_model, first.seq_len)
+    entries = []
+    for target, arts, names, disabled in plans:
+        s_lat, t_lat = (result.stats[names[r]] for r in ("student", "teacher"))
+        entry = {
+            "name": target.name, "backend": target.backend, "precision": target.precision,
+            "threads": target.threads, "seq_len": target.seq_len, "status": "ok", "reason": "",
+            "artifact": str(arts["student"].relative_to(ctx.run_dir)),
+            "size_bytes": arts["student"].stat().st_size,
+            "teacher_artifact": str(arts["teacher"].relative_to(ctx.run_dir)),
+            "teacher_size_bytes": arts["teacher"].stat().st_size,
+            "accuracy": measured[names["student"]]["accuracy"],
+            "teacher_accuracy": measured[names["teacher"]]["accuracy"],
+            "latency_ms": s_lat.to_dict(), "teacher_latency_ms": t_lat.to_dict(),
+            **speed_fields(result, student=names["student"], teacher=names["teacher"],
+                           fp32_twin=names.get("fp32")),
+            "parity": parity_summary(reference, measured[names["student"]]["logits"]),
+            **throughput_fields(macs, s_lat.p50, batch_size=target.batch_size,
+                                threads=target.threads, precision=target.precision),
+            "samples_ms": {"student": s_lat.samples_ms, "teacher": t_lat.samples_ms},
+        }
+        if "fp32" in names:
+            entry.update(fp32_artifact=str(arts["fp32"].relative_to(ctx.run_dir)),
+                         fp32_size_bytes=arts["fp32"].stat().st_size,
+                         fp32_accuracy=measured[names["fp32"]]["accuracy"])
+            entry["samples_ms"]["fp32"] = result.stats[names["fp32"]].samples_ms
+        if target.precision == "int8":
+            from edgecompress.text.quant import kernel_report
 
-        kr = kernel_report(artifact, disabled=disabled)
-        entry["int8_kernels"] = kr["int8_kernels"]
-        entry["fp32_nodes"] = kr["fp32_nodes"]
-    return entry
+            kr = kernel_report(arts["student"], disabled=disabled)
+            entry["int8_kernels"] = kr["int8_kernels"]
+            entry["fp32_nodes"] = kr["fp32_nodes"]
+        for note in entry.get("notes") or []:
+            logger.warning("%s: %s", target.name, note)
+        logger.info("%s: accuracy %.4f, p50 %.3f ms, %.2fx vs teacher%s", target.name,
+                    entry["accuracy"], s_lat.p50, entry["speedup_vs_teacher"] or 0.0,
+                    " (noisy)" if entry.get("speedup_noisy") else "")
+        entries.append(entry)
+    return entries

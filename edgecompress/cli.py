@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 
 from edgecompress import __version__
-from edgecompress.errors import EdgeCompressError
+from edgecompress.errors import ConfigError, EdgeCompressError
 
 EXIT_INTERNAL = 4
 DEMO_RECIPE = "digits.yaml"
@@ -140,6 +140,17 @@ def _gate_options(fn):
     return fn
 
 
+def _load_checked_report(path: Path) -> dict:
+    """A report.json whose structure (``load_report``) and values (numbers, ranges) are checked,
+    so that ``gate`` and ``compare`` never compute with a string or a NaN."""
+    from edgecompress.gate import check_report_values
+    from edgecompress.report import load_report
+
+    report = load_report(path)
+    check_report_values(report, str(path))
+    return report
+
+
 def _overrides(options: dict) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
@@ -169,10 +180,16 @@ def gate(report_path: Path, junit_path: Path | None, **thresholds) -> None:
     """
     from edgecompress.gate import rejudge
     from edgecompress.junit import write_junit
-    from edgecompress.report import load_report
 
-    verdict = rejudge(load_report(report_path), _overrides(thresholds))
-    junit = write_junit(verdict, junit_path or report_path.parent / "junit.xml")
+    junit_path = junit_path or report_path.parent / "junit.xml"
+    if junit_path.is_dir():
+        raise ConfigError(f"--junit {junit_path}: is a directory; give the XML file's path")
+    verdict = rejudge(_load_checked_report(report_path), _overrides(thresholds))
+    try:
+        junit = write_junit(verdict, junit_path)
+    except OSError as err:
+        raise ConfigError(f"--junit {junit_path}: cannot be written: "
+                          f"{err.strerror or err}") from None
     _echo_gate(verdict)
     click.echo(f"junit: {junit}")
     sys.exit(0 if verdict["passed"] else 1)
@@ -189,9 +206,8 @@ def compare(old_path: Path, new_path: Path, accuracy_tolerance_pp: float,
             latency_tolerance_pct: float) -> None:
     """Per-target deltas from OLD to NEW report.json; exit 1 on a regression beyond tolerance."""
     from edgecompress.compare import compare_reports, format_comparison
-    from edgecompress.report import load_report
 
-    result = compare_reports(load_report(old_path), load_report(new_path),
+    result = compare_reports(_load_checked_report(old_path), _load_checked_report(new_path),
                              accuracy_tolerance_pp=accuracy_tolerance_pp,
                              latency_tolerance_pct=latency_tolerance_pct)
     click.echo(format_comparison(result))
@@ -250,8 +266,10 @@ def bench(artifact: Path, target: str, data: str | None, seed: int, out: Path, o
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
 def lint(model: Path, family: str, require_qdq: bool, as_json: bool) -> None:
     """Check a Q/DQ ONNX MODEL against TensorRT's rules on CPU; exit 2 on any finding."""
+    from edgecompress.inputs import check_onnx_file
     from edgecompress.quant.trt_lint import lint_tensorrt
 
+    check_onnx_file(model)  # exists, parses, external data present and inside its folder
     result = lint_tensorrt(model, require_qdq=require_qdq)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))

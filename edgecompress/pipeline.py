@@ -16,6 +16,7 @@ are never trusted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
 import shutil
@@ -34,6 +35,7 @@ from edgecompress.distributed import (
 from edgecompress.errors import ConfigError, RunDirError
 from edgecompress.io import atomic_write_json, sha256_file, sha256_json
 from edgecompress.recipe import Recipe, recipe_to_dict
+from edgecompress.runlock import remove_stale_temp_files, run_dir_lock
 from edgecompress.stages.base import Context, Stage
 
 logger = logging.getLogger(__name__)
@@ -81,6 +83,9 @@ def run_identity(recipe: Recipe) -> str:
 def prepare_run_dir(run_dir: Path, recipe: Recipe, *, overwrite: bool) -> None:
     """Create or adopt ``run_dir``; refuse another run's (or a foreign) non-empty directory.
 
+    Call it holding :func:`edgecompress.runlock.run_dir_lock`: it also deletes the temp files
+    of writes a killed run left behind.
+
     Raises:
         RunDirError: the directory holds something else and ``overwrite`` was not given.
     """
@@ -99,6 +104,10 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, overwrite: bool) -> None:
         except (OSError, ValueError) as err:
             raise RunDirError(f"{owner}: unreadable ({err}); pass --overwrite to start afresh") \
                 from None
+        if not isinstance(existing, dict):
+            raise RunDirError(f"{owner}: not an edgecompress run.json (a JSON "
+                              f"{type(existing).__name__}, expected an object); choose another "
+                              "directory or remove it")
         if existing.get("identity") != identity:
             if not overwrite:
                 raise RunDirError(
@@ -110,12 +119,16 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, overwrite: bool) -> None:
         elif overwrite:
             logger.info("--overwrite: starting %s afresh", run_dir)
             shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not owner.is_file():
-        atomic_write_json(owner, {"tool": "edgecompress", "manifest_version": MANIFEST_VERSION,
-                                  "identity": identity, "recipe_name": recipe.name,
-                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                  "versions": library_versions()})
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not owner.is_file():
+            atomic_write_json(owner, {"tool": "edgecompress", "manifest_version": MANIFEST_VERSION,
+                                      "identity": identity, "recipe_name": recipe.name,
+                                      "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                      "versions": library_versions()})
+    except OSError as err:
+        raise RunDirError(f"--out {run_dir}: cannot be written: {err.strerror or err}") from None
+    remove_stale_temp_files(run_dir)  # the caller holds the lock: no write of ours is in flight
 
 
 def preflight(ctx: Context) -> None:
@@ -203,11 +216,13 @@ class Pipeline:
         try:
             ctx = Context(self.recipe, self.run_dir, dist_info)
             preflight(ctx)
-            if dist_info.is_main:
-                prepare_run_dir(self.run_dir, self.recipe, overwrite=overwrite)
-                atomic_write_json(self.run_dir / "recipe.json", recipe_to_dict(self.recipe))
-            barrier()
-            return self._run_stages(ctx, force)
+            # One process per run directory (rank 0 holds the lock for all ranks).
+            with run_dir_lock(self.run_dir) if dist_info.is_main else contextlib.nullcontext():
+                if dist_info.is_main:
+                    prepare_run_dir(self.run_dir, self.recipe, overwrite=overwrite)
+                    atomic_write_json(self.run_dir / "recipe.json", recipe_to_dict(self.recipe))
+                barrier()
+                return self._run_stages(ctx, force)
         finally:
             shutdown_distributed()
 

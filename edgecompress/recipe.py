@@ -11,18 +11,52 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from edgecompress.errors import ConfigError
 
 RECIPE_VERSION = 1
 
+#: Upper bounds (inclusive) of numeric fields, by field name, wherever they appear (recipe,
+#: target, profile). Far above any real use; they turn `epochs: 1e18` or `threads: 100000` into a
+#: clear error instead of a run that never ends or a machine that runs out of memory.
+FIELD_MAXIMA: dict[str, float] = {
+    "epochs": 10_000, "recovery_epochs": 10_000, "patience": 10_000, "unfreeze_every": 10_000,
+    "steps": 1_000, "taylor_batches": 100_000, "batch_size": 65_536, "threads": 1_024,
+    "warmup": 1_000_000, "runs": 10_000_000, "min_runs": 10_000_000,
+    "max_seconds": 7 * 86_400, "limit": 1_000_000_000, "calibration_samples": 10_000_000,
+    "lr": 10.0, "temperature": 1_000.0, "round_to": 1_024, "max_fallback_layers": 10_000,
+    "freeze_observers_after": 1_000_000_000, "freeze_bn_after": 1_000_000_000,
+    "seed": 2**32 - 1, "connect_timeout": 3_600.0, "timeout": 7 * 86_400.0,
+}
+
+
+def check_field_range(value: Any, info: ValidationInfo) -> Any:
+    """Validator for every field: numbers stay within :data:`FIELD_MAXIMA` (and seeds >= 0)."""
+    limit = FIELD_MAXIMA.get(info.field_name or "")
+    if limit is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value > limit:
+            raise ValueError(f"{value:g} is out of range (at most {limit:g})")
+        if info.field_name == "seed" and value < 0:
+            raise ValueError(f"{value} is out of range (a seed is >= 0)")
+    return value
+
 
 class _Strict(BaseModel):
-    """Base model: unknown keys are errors, values are validated on assignment too."""
+    """Base model: unknown keys are errors, values are validated on assignment too; numbers
+    are finite (no inf/NaN) and within :data:`FIELD_MAXIMA`."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    _ranges = field_validator("*", mode="after", check_fields=False)(check_field_range)
 
 
 class DataConfig(_Strict):
@@ -296,7 +330,12 @@ class GateConfig(_Strict):
     max_latency_p50_ms: float | None = Field(None, gt=0, description="Max median latency (ms).")
     max_latency_p90_ms: float | None = Field(None, gt=0, description="Max p90 latency (ms).")
     min_speedup: float | None = Field(None, gt=0, description="Min speedup vs the teacher (teacher "
-                                      "p50 / target p50, same run).")
+                                      "p50 / target p50, same run; the median of same-round "
+                                      "ratios of the interleaved benchmark).")
+    min_int8_speedup: float | None = Field(None, gt=0, description="Min speedup of an int8 "
+                                           "target over its FP32 twin (the same student in FP32 "
+                                           "on the same runtime, timed in the same rounds); 1.0 "
+                                           "fails an int8 engine that is not faster.")
     max_size_bytes: int | None = Field(None, gt=0, description="Max size of the target's engine "
                                        "artifact in bytes.")
     no_fp32_fallback: bool = Field(False, description="Fail a target whose engine runs any node "
@@ -428,22 +467,29 @@ def parse_recipe(raw: Any, *, source: str = "<recipe>", base_dir: Path | None = 
 
 
 def read_recipe_yaml(path: str | Path) -> Any:
-    """The parsed YAML of a recipe file (image or text), or ``ConfigError`` naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"recipe file not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    """The parsed YAML of a recipe file (image or text), or ``ConfigError`` naming the file.
+
+    Read through :func:`edgecompress.inputs.load_user_yaml`: UTF-8 only, size, alias and
+    nesting limits, JSON-compatible values only.
+    """
+    from edgecompress.inputs import load_user_yaml
+
+    return load_user_yaml(path, "recipe file")
 
 
 def load_recipe_file(path: str | Path, parse: Callable[..., Any]) -> Any:
     """Read a recipe YAML file and validate it with ``parse`` (``parse_recipe`` or the text
     path's); relative paths resolve against its directory, an unnamed recipe takes the file's
-    stem as its name."""
+    stem as its name. A file must say which recipe ``version`` it is written for."""
     path = Path(path)
-    recipe = parse(read_recipe_yaml(path), source=str(path), base_dir=path.resolve().parent)
+    raw = read_recipe_yaml(path)
+    if raw is None:
+        raise ConfigError(f"{path}: empty recipe file (a recipe needs at least 'version: "
+                          f"{RECIPE_VERSION}')")
+    if isinstance(raw, dict) and "version" not in raw:
+        raise ConfigError(f"{path}: version: missing; add 'version: {RECIPE_VERSION}' (the "
+                          "recipe schema version the file is written for)")
+    recipe = parse(raw, source=str(path), base_dir=path.resolve().parent)
     if recipe.name == "recipe":
         recipe.name = path.stem
     return recipe

@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import shlex
 import socket
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from edgecompress.errors import ConfigError
-from edgecompress.recipe import GateConfig
+from edgecompress.recipe import GateConfig, check_field_range
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +39,19 @@ TARGETS_DIR_ENV = "EDGECOMPRESS_TARGETS_DIR"
 #: Recipe target fields a profile may fill.
 _FILLED = ("backend", "precision", "threads", "batch_size", "warmup", "runs", "max_seconds",
            "min_runs")
+#: Set to 1 to accept ``connection.ssh_config`` in profiles: ssh reads that file as code
+#: (ProxyCommand, LocalCommand, Match exec run local programs), so a profile checked out from
+#: an untrusted repository must not be able to name one (``/dev/null``, no config, is fine).
+TRUST_SSH_CONFIG_ENV = "EDGECOMPRESS_TRUST_SSH_CONFIG"
+#: Host names and addresses ssh may be pointed at (RFC 1123 names, IPv4, bracket-less IPv6).
+_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_.:%-]{0,251}[A-Za-z0-9_.])?$")
+_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    _ranges = field_validator("*", mode="after", check_fields=False)(check_field_range)
 
 
 class Connection(_Strict):
@@ -85,6 +94,26 @@ class Connection(_Strict):
     @classmethod
     def _python_as_list(cls, value: Any) -> Any:
         return shlex.split(value) if isinstance(value, str) else value
+
+    @field_validator("host")
+    @classmethod
+    def _valid_host(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        labels = value.split(".")
+        if (not _HOST_RE.match(value) or any(len(label) > 63 for label in labels)
+                or value.startswith("-")):
+            raise ValueError(f"{value[:80]!r}: not a host name or address (letters, digits, "
+                             "'-', '.', at most 63 characters per label, 253 in all)")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _valid_user(cls, value: str | None) -> str | None:
+        if value is not None and not _USER_RE.match(value):
+            raise ValueError(f"{value[:80]!r}: not a login name (letters, digits, '_', '.', '-'; "
+                             "not starting with '-')")
+        return value
 
     @model_validator(mode="after")
     def _fields_fit_kind(self) -> Connection:
@@ -192,9 +221,17 @@ def parse_profile(raw: Any, source: str) -> TargetProfile:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: a target profile must be a mapping")
     try:
-        return TargetProfile.model_validate(raw)
+        profile = TargetProfile.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format(err, source)) from None
+    if (profile.connection.ssh_config not in (None, "/dev/null")
+            and os.environ.get(TRUST_SSH_CONFIG_ENV) != "1"):
+        raise ConfigError(
+            f"{source}: connection.ssh_config: refused: ssh runs programs named in its config "
+            "file (ProxyCommand, LocalCommand), so a profile may only name one when you trust "
+            f"both; set {TRUST_SSH_CONFIG_ENV}=1 to allow it (or put the host in your own "
+            "~/.ssh/config, which ssh reads anyway)")
+    return profile
 
 
 def load_profile(name_or_path: str | Path) -> TargetProfile:
@@ -214,11 +251,9 @@ def load_profile(name_or_path: str | Path) -> TargetProfile:
             raise ConfigError(f"unknown target profile {text!r}; known profiles: "
                               f"{', '.join(known) or f'none (no YAML in {targets_dir()})'}")
         path = known[text]
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path}: not readable YAML: {err}") from None
-    return parse_profile(raw, str(path))
+    from edgecompress.inputs import load_user_yaml
+
+    return parse_profile(load_user_yaml(path, "target profile"), str(path))
 
 
 def cpu_flags() -> set[str]:
@@ -243,7 +278,7 @@ def host_reachable(host: str, port: int, timeout: float) -> tuple[bool, str]:
     try:
         with socket.create_connection((host, port), timeout=timeout):
             return True, ""
-    except OSError as err:
+    except (OSError, UnicodeError, ValueError) as err:  # UnicodeError: a label IDNA rejects
         return False, f"{type(err).__name__}: {err}"
 
 

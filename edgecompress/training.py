@@ -3,6 +3,9 @@
 It keeps data in memory (our datasets are arrays), shards each epoch's permutation across ranks
 when run under torchrun (DDP), selects the best epoch on the validation split (early stopping),
 and shows a progress bar per epoch on an interactive terminal only (quiet in CI, on other ranks).
+Without a terminal, :class:`ProgressLog` writes a log line at least every
+``EDGECOMPRESS_PROGRESS_SECONDS`` (30 s) with step, loss, elapsed time and ETA, so a long epoch
+never runs silent in a CI log.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +37,73 @@ def progress_enabled() -> bool:
     if os.environ.get("CI") or os.environ.get("EDGECOMPRESS_QUIET"):
         return False
     return sys.stderr.isatty()
+
+
+#: Seconds between progress log lines of a training loop without a terminal.
+PROGRESS_SECONDS = 30.0
+
+
+def progress_interval() -> float:
+    """``EDGECOMPRESS_PROGRESS_SECONDS`` when set to a positive number, else 30 s."""
+    raw = os.environ.get("EDGECOMPRESS_PROGRESS_SECONDS")
+    try:
+        value = float(raw) if raw else PROGRESS_SECONDS
+    except ValueError:
+        logger.warning("EDGECOMPRESS_PROGRESS_SECONDS=%r is not a number; using %g s", raw,
+                       PROGRESS_SECONDS)
+        return PROGRESS_SECONDS
+    return value if value > 0 else PROGRESS_SECONDS
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class ProgressLog:
+    """Log lines for a loop of ``total_steps`` steps: one at least every ``interval`` seconds.
+
+    ``step()`` is cheap (one clock read) and logs only when the interval has passed since the
+    last line, so the loop body stays fast. The ETA extrapolates the mean time per step so far
+    over the steps left (a rough figure, printed as such).
+
+    Args:
+        label: What is training (``finetune``, ``[distill]``, ...), first on every line.
+        total_steps: Steps of the whole run (all epochs), for the ETA.
+        interval: Seconds between lines (default :func:`progress_interval`).
+        enabled: False makes every call a no-op (an interactive terminal has a progress bar;
+            other ranks stay quiet).
+        clock: Monotonic seconds (tests pass a fake one).
+    """
+
+    def __init__(self, label: str, total_steps: int, *, interval: float | None = None,
+                 enabled: bool = True, clock: Callable[[], float] = time.monotonic) -> None:
+        self.label = label
+        self.total = max(1, int(total_steps))
+        self.interval = progress_interval() if interval is None else interval
+        self.enabled = enabled
+        self.clock = clock
+        self.start = clock()
+        self.last = self.start
+        self.done = 0
+        self.lines = 0
+
+    def step(self, epoch: int, epochs: int, loss: float, steps: int = 1) -> None:
+        """Count ``steps`` finished steps of ``epoch`` (1-based) and log when it is time."""
+        self.done += steps
+        if not self.enabled:
+            return
+        now = self.clock()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        self.lines += 1
+        elapsed = now - self.start
+        eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+        logger.info("%s epoch %d/%d step %d/%d: loss %.4f, elapsed %s, ETA ~%s", self.label,
+                    epoch, epochs, self.done, self.total, loss, _duration(elapsed),
+                    _duration(eta) if eta == eta else "?")
 
 
 def seed_everything(seed: int) -> None:
@@ -105,6 +176,7 @@ def train(model: nn.Module, trainable: nn.Module, loss_fn: LossFn, *,
     best = TrainResult(best_state=copy.deepcopy(model.state_dict()), best_val_accuracy=-1.0,
                        best_epoch=-1, epochs_run=0)
     show = progress_enabled() and dist_info.is_main
+    progress = ProgressLog(desc, epochs * steps_per_epoch, enabled=dist_info.is_main and not show)
     bad_epochs = 0
     for epoch in range(epochs):
         if on_epoch_start is not None:
@@ -135,6 +207,7 @@ def train(model: nn.Module, trainable: nn.Module, loss_fn: LossFn, *,
             total += float(loss.detach()) * len(idx)
             count += len(idx)
             bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+            progress.step(epoch + 1, epochs, total / max(count, 1))
         bar.close()
         train_loss = all_reduce_mean(total / max(count, 1), device)
         val_acc = all_reduce_mean(accuracy(model, x_val, y_val, device), device)

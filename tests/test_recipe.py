@@ -55,7 +55,7 @@ def test_invalid_values_name_the_key(raw, fragment):
 def test_relative_paths_resolve_against_the_recipe(tmp_path):
     (tmp_path / "sub").mkdir()
     path = tmp_path / "sub" / "r.yaml"
-    path.write_text(yaml.safe_dump({"data": {"source": "npz", "path": "d.npz"},
+    path.write_text(yaml.safe_dump({"version": 1, "data": {"source": "npz", "path": "d.npz"},
                                     "teacher": {"kind": "builtin", "weights": "w.pt"}}))
     recipe = load_recipe(path)
     assert recipe.data.path == tmp_path / "sub" / "d.npz"

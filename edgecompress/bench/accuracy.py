@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from edgecompress.bench.latency import check_counts, measure_latency
+from edgecompress.bench.latency import (
+    InterleavedResult,
+    check_counts,
+    measure_interleaved,
+    measure_latency,
+)
 from edgecompress.errors import ConfigError, DataError, ModelError
 
 if TYPE_CHECKING:
@@ -111,3 +116,57 @@ def benchmark_runner(runner: Runner, x_test: np.ndarray, y_test: np.ndarray | No
                 runner.threads)
     return {"accuracy": accuracy, "latency_ms": stats.to_dict(), "samples_ms": stats.samples_ms,
             "logits": logits}
+
+
+def benchmark_runners(runners: Mapping[str, Runner], x_test: np.ndarray,
+                      y_test: np.ndarray | None, *, warmup: int, runs: int,
+                      batch_size: int = 1, max_seconds: float | None = None,
+                      min_runs: int | None = None, rounds: int | None = None,
+                      evaluate: Collection[str] | None = None,
+                      ) -> tuple[dict[str, dict[str, Any]], InterleavedResult]:
+    """Accuracy of each runner, then the latency of all of them in interleaved rounds.
+
+    Like :func:`benchmark_runner` for several engines at once, except that the timed calls of
+    the engines alternate (see :func:`~edgecompress.bench.latency.measure_interleaved`), so
+    their ratios can be taken round by round.
+
+    Args:
+        runners: Engine name -> runner; all are timed on the same prepared batch.
+        evaluate: Names whose accuracy and logits are computed (default: all).
+
+    Returns:
+        ``(name -> {"accuracy", "latency_ms", "samples_ms", "logits"}, interleaved result)``;
+        ``accuracy`` and ``logits`` are None for engines not in ``evaluate``.
+
+    Raises:
+        ConfigError: ``batch_size`` < 1 or larger than the test set; bad ``warmup``/``runs``.
+    """
+    if batch_size < 1 or batch_size > len(x_test):
+        raise ConfigError(
+            f"latency batch_size must be in 1..{len(x_test)} (test set size), got {batch_size}"
+        )
+    min_runs = min(min_runs or runs, runs) if max_seconds is not None else 1
+    check_counts(warmup=warmup, runs=runs, min_runs=min_runs, max_seconds=max_seconds)
+    out: dict[str, dict[str, Any]] = {}
+    for name, runner in runners.items():
+        accuracy, logits = None, None
+        if evaluate is None or name in evaluate:
+            if y_test is None:
+                logits = np.concatenate([np.asarray(runner.run(x_test[i:i + 256]))
+                                         for i in range(0, len(x_test), 256)])
+            else:
+                accuracy, logits = evaluate_accuracy(runner, x_test, y_test)
+        out[name] = {"accuracy": accuracy, "logits": logits}
+    batch = np.ascontiguousarray(x_test[:batch_size], dtype=np.float32)
+    result = measure_interleaved({k: timed_call(r, batch) for k, r in runners.items()},
+                                 warmup=warmup, runs=runs, rounds=rounds,
+                                 threads={k: r.threads for k, r in runners.items()},
+                                 batch_size=batch_size, max_seconds=max_seconds,
+                                 min_runs=min_runs, input_shape=batch.shape)
+    for name, stats in result.stats.items():
+        out[name]["latency_ms"] = stats.to_dict()
+        out[name]["samples_ms"] = stats.samples_ms
+        logger.info("%s: accuracy %s, latency p50 %.3f ms (cpu %.3f ms, %d rounds)", name,
+                    "-" if out[name]["accuracy"] is None else f"{out[name]['accuracy']:.4f}",
+                    stats.p50, stats.cpu_p50, stats.rounds)
+    return out, result

@@ -87,23 +87,55 @@ def _quiet_exporter() -> Iterator[io.StringIO]:
             logger.debug("exporter output:\n%s", buf.getvalue())
 
 
+def _strip_graph(graph: Any) -> None:
+    """Drop doc strings and per-node metadata of ``graph`` and its subgraphs, in place."""
+    graph.doc_string = ""
+    for node in graph.node:
+        del node.metadata_props[:]  # stack traces with this machine's source paths, fx dumps
+        node.doc_string = ""
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                _strip_graph(attr.g)
+            for sub in attr.graphs:
+                _strip_graph(sub)
+
+
+def strip_build_details(model: Any) -> None:
+    """Remove what the exporter records about the build machine, in place.
+
+    The dynamo exporter stores a Python stack trace (absolute paths of the source files, the
+    user name in a home directory) and the FX node text on every node; an engine shipped to a
+    device or a customer should be the graph and the weights only.
+    """
+    model.doc_string = ""
+    _strip_graph(model.graph)
+    for function in model.functions:
+        function.doc_string = ""
+        for node in function.node:
+            del node.metadata_props[:]
+            node.doc_string = ""
+        del function.metadata_props[:]
+
+
 def _embed_external_data(onnx: ModuleType, path: Path) -> None:
-    """Fold any external-data sidecar back into ``path`` so the artifact is one file."""
+    """Fold any external-data sidecar back into ``path`` so the artifact is one file, and strip
+    build details (:func:`strip_build_details`)."""
     from onnx.external_data_helper import uses_external_data
 
     proto = onnx.load(str(path), load_external_data=False)
-    if not any(uses_external_data(t) for t in proto.graph.initializer):
-        return
     sidecars = {
         entry.value
         for t in proto.graph.initializer if uses_external_data(t)
         for entry in t.external_data if entry.key == "location"
     }
-    proto = onnx.load(str(path))  # pulls the external tensors in
+    if sidecars:
+        proto = onnx.load(str(path))  # pulls the external tensors in
+    strip_build_details(proto)
     onnx.save(proto, str(path), save_as_external_data=False)
     for name in sidecars:
         (path.parent / name).unlink(missing_ok=True)
-    logger.debug("embedded external data %s into %s", sorted(sidecars), path.name)
+    if sidecars:
+        logger.debug("embedded external data %s into %s", sorted(sidecars), path.name)
 
 
 def _export_to(model: nn.Module, sample: torch.Tensor, tmp: Path, opset: int,

@@ -130,7 +130,7 @@ def _import_file(file: Path, spec_text: str) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a module calling sys.exit() is bad input too
         del sys.modules[name]
         raise ModelError(f"factory {spec_text!r}: importing {file} failed: {_short(exc)}") from exc
     return module
@@ -146,7 +146,7 @@ def _import_module(module_name: str, spec_text: str) -> Any:
                              "(is it installed or on PYTHONPATH?)") from exc
         raise ModelError(f"factory {spec_text!r}: importing {module_name!r} failed: "
                          f"{_short(exc)}") from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise ModelError(f"factory {spec_text!r}: importing {module_name!r} failed: "
                          f"{_short(exc)}") from exc
 
@@ -184,7 +184,7 @@ def _call_factory(spec_text: str, kwargs: dict, role: str) -> nn.Module:
     fn = resolve_factory(spec_text)
     try:
         model = fn(**kwargs)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit(7) in a factory must not end the tool
         raise ModelError(f"{role} factory {spec_text!r} raised with kwargs {sorted(kwargs)}: "
                          f"{_short(exc)}") from exc
     if not isinstance(model, nn.Module):
@@ -220,10 +220,14 @@ def _load_exported(file: Path, role: str) -> nn.Module:
 def _pickle_global(exc: BaseException) -> str | None:
     """Return the class/function a weights-only unpickle refused, or None if it was not that."""
     text = str(exc)
-    if "Unsupported global" not in text and "was not an allowed global" not in text:
-        return None
+    # torch < 2.8: "Unsupported global: GLOBAL mod.fn was not an allowed global";
+    # torch 2.13: "Trying to load unsupported GLOBAL posix.system whose module posix is blocked".
     match = re.search(r"GLOBAL\s+([\w.]+)", text)
-    return match.group(1) if match else "an unknown global"
+    if match:
+        return match.group(1)
+    if re.search(r"unsupported global|not an allowed global", text, re.IGNORECASE):
+        return "an unknown global"
+    return None
 
 
 def _unpickler_detail(exc: BaseException) -> str:
@@ -237,6 +241,13 @@ def _unpickler_detail(exc: BaseException) -> str:
         lines = [ln.strip() for ln in text.split(marker, 1)[1].splitlines() if ln.strip()]
         if lines:
             return f"{type(exc).__name__}: {lines[0]}"
+    advice = ("weights_only", "Weights only load failed", "Check the documentation of torch.load")
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not any(a in ln for a in advice)]
+    if lines and lines[0] != text.strip().splitlines()[0]:
+        return f"{type(exc).__name__}: {lines[0][:300]}"
+    if any(a in text for a in advice):
+        return f"{type(exc).__name__}: not loadable as plain tensors"
     return _short(exc)
 
 
@@ -248,8 +259,9 @@ def _torch_load(file: Path, trust_pickle: bool, role: str) -> Any:
         culprit = _pickle_global(exc) if not trust_pickle else None
         if culprit is not None:
             raise ModelError(
-                f"{role} weights file {file} contains pickled code ({culprit}) that would be "
-                "executed on load; refusing. Re-save it as a plain state dict or .safetensors, "
+                f"{role} weights file {file} refers to the Python global {culprit}, which "
+                "unpickling would import and call (pickled code); refusing. Re-save it as a "
+                "plain state dict or .safetensors, "
                 f"or, if you trust its source, set 'trust_pickle: true' in the recipe's {role} "
                 "section.") from exc
         raise ModelError(f"{role} weights file {file} is corrupt, truncated or not a torch "

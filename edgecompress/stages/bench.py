@@ -2,12 +2,20 @@
 and measure accuracy, parity (incl. SNR) and latency for both on this machine, in the same run.
 
 Timing the teacher next to the student on the same machine and runtime is what makes the speedup
-number honest; absolute milliseconds from another day or machine are not comparable.
+number honest; absolute milliseconds from another day or machine are not comparable. Timing them
+one block after another is not enough on a shared machine (the neighbours' load changes between
+blocks), so every local engine of a run (teacher, FP32 student, each INT8 engine, per target) is
+timed in interleaved rounds and every ratio is the median of same-round ratios
+(:mod:`edgecompress.bench.speed`). An int8 target is also timed against its FP32 twin (the same
+student, FP32, on the same runtime). Remote targets (ssh, adb) are timed on their device, one
+engine after the other.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,13 +57,29 @@ class BenchStage(Stage):
         bundle = ctx.bundle
         student = load_final_student(ctx)
         reference = predict_logits(student, bundle.test.x, ctx.dist.device)
-        results, outputs = [], {}
-        for target in ctx.recipe.targets:
-            entry = bench_target(ctx, target, reference)
-            results.append(entry)
-            for key in ("artifact", "teacher_artifact"):
+        macs = _student_macs(student, bundle)
+        results: list[dict[str, Any] | None] = [None] * len(ctx.recipe.targets)
+        local: list[tuple[int, LocalPlan]] = []
+        for i, target in enumerate(ctx.recipe.targets):
+            prepared = prepare_target(ctx, target, reference)
+            if isinstance(prepared, LocalPlan):
+                local.append((i, prepared))
+            else:
+                results[i] = prepared
+        # Local engines with the same timing settings share one interleaved benchmark, so
+        # every ratio of the run (vs teacher, int8 vs FP32) comes from same-round pairs.
+        groups: dict[tuple, list[tuple[int, LocalPlan]]] = {}
+        for i, plan in local:
+            groups.setdefault(plan.timing_key(), []).append((i, plan))
+        for group in groups.values():
+            entries = measure_local(ctx, [plan for _, plan in group], macs)
+            for (i, _), entry in zip(group, entries, strict=True):
+                results[i] = entry
+        outputs = {}
+        for entry in results:
+            for key in ("artifact", "teacher_artifact", "fp32_artifact"):
                 if entry.get(key):
-                    outputs[f"{target.name}:{key}"] = ctx.run_dir / entry[key]
+                    outputs[f"{entry['name']}:{key}"] = ctx.run_dir / entry[key]
         from edgecompress.report import environment
 
         path = ctx.stage_dir(self.name) / "results.json"
@@ -65,11 +89,48 @@ class BenchStage(Stage):
             t["name"]: t["status"] for t in results})
 
 
-def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[str, Any]:
-    """Build, run and time one target for the student and the teacher; never raises for a
-    missing runtime (the entry says ``skipped`` and why)."""
+def _student_macs(student: Any, bundle: Any) -> int | None:
+    """MACs of one forward pass of the student (None where they cannot be counted)."""
+    from edgecompress.errors import ModelError
+    from edgecompress.models import count_macs
+
+    try:
+        return int(count_macs(student, tuple(bundle.input_shape)))
+    except ModelError as err:
+        logger.warning("student MACs not counted (%s): no GMAC/s in the report", err)
+        return None
+
+
+@dataclass
+class LocalPlan:
+    """A target whose engines are built and run on this machine, waiting to be timed.
+
+    Attributes:
+        target: Its config.
+        backend: Its backend.
+        entry: The report entry so far (name, backend, precision, ...).
+        engines: Role (``student``, ``teacher``, ``fp32`` for an int8 target's FP32 twin) ->
+            built artifact.
+        reference: Logits the student engine is compared with.
+    """
+
+    target: TargetConfig
+    backend: Any
+    entry: dict[str, Any]
+    engines: dict[str, Path]
+    reference: Any
+
+    def timing_key(self) -> tuple:
+        t = self.target
+        return (t.warmup, t.runs, t.batch_size, t.max_seconds,
+                t.min_runs if t.max_seconds is not None else None)
+
+
+def prepare_target(ctx: Context, target: TargetConfig,
+                   reference_logits: Any) -> dict[str, Any] | LocalPlan:
+    """Check and build one target: a finished entry (skipped, or measured on a remote device,
+    which keeps its own per-engine path), or the :class:`LocalPlan` of a local target."""
     from edgecompress.backends import get_backend
-    from edgecompress.bench import benchmark_runner, parity_summary
 
     backend = get_backend(target.backend)
     backend.validate(target.precision, target.threads)
@@ -91,7 +152,6 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
     if not ok:
         logger.warning("%s: skipped: %s", target.name, reason)
         return {**entry, "status": "skipped", "reason": reason}
-    bundle = ctx.bundle
     engine_dir = ctx.run_dir / "engines" / target.name
     export_dir = ctx.run_dir / "export"
     source, reference_logits, preset = student_source(ctx, target, reference_logits)
@@ -99,12 +159,32 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
         reason = f"no {preset} int8 model was produced ({source.name} missing: see the qat stage)"
         logger.warning("%s: skipped: %s", target.name, reason)
         return {**entry, "status": "skipped", "reason": reason}
+    if preset:
+        entry["quant_preset"] = preset
     adb_profile = _adb_profile(target)
     builder = remote or backend  # remote: built here, or staged for a build on the device
     student_art = builder.build(source, engine_dir, precision=target.precision)
     suffix = backend.capabilities.artifact_suffixes[0]  # .onnx, or .tflite for TFLite
     teacher_art = builder.build(export_dir / f"teacher{suffix}", engine_dir / "teacher",
                                 precision="fp32")
+    if remote is None and adb_profile is None:
+        engines = {"student": Path(student_art), "teacher": Path(teacher_art)}
+        if target.precision == "int8":  # the FP32 twin: same student, same runtime
+            engines["fp32"] = Path(backend.build(export_dir / f"student{suffix}",
+                                                 engine_dir / "student_fp32", precision="fp32"))
+        return LocalPlan(target, backend, entry, engines, reference_logits)
+    return _remote_entry(ctx, target, backend, entry, remote, adb_profile, student_art,
+                         teacher_art, reference_logits)
+
+
+def _remote_entry(ctx: Context, target: TargetConfig, backend: Any, entry: dict[str, Any],
+                  remote: Any, adb_profile: Any, student_art: Path, teacher_art: Path,
+                  reference_logits: Any) -> dict[str, Any]:
+    """Time a target on its device (ssh agent or adb benchmark_model), one engine after the
+    other: the device runs one benchmark per call."""
+    from edgecompress.bench import parity_summary
+
+    bundle = ctx.bundle
     measured = {}
     for role, artifact in (("teacher", teacher_art), ("student", student_art)):
         if adb_profile is not None:  # a phone: benchmark_model times it there (no outputs)
@@ -113,27 +193,12 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
             measured[role] = measure_over_adb(artifact, adb_profile, threads=target.threads,
                                               warmup=target.warmup, runs=target.runs)
             continue
-        if remote is not None:  # measured on the device, numbers come back over ssh
-            measured[role] = remote.benchmark(artifact, bundle.test.x, bundle.test.y,
-                                              warmup=target.warmup, runs=target.runs,
-                                              batch_size=target.batch_size,
-                                              max_seconds=target.max_seconds,
-                                              min_runs=target.min_runs)
-            continue
-        runner = backend.load(artifact, threads=target.threads)
-        try:
-            measured[role] = benchmark_runner(runner, bundle.test.x, bundle.test.y,
-                                              warmup=target.warmup, runs=target.runs,
-                                              batch_size=target.batch_size,
-                                              max_seconds=target.max_seconds,
-                                              min_runs=target.min_runs)
-        finally:
-            runner.close()
-        logger.info("%s %s: accuracy %.4f, p50 %.4f ms", target.name, role,
-                    measured[role]["accuracy"], measured[role]["latency_ms"]["p50"])
+        measured[role] = remote.benchmark(artifact, bundle.test.x, bundle.test.y,
+                                          warmup=target.warmup, runs=target.runs,
+                                          batch_size=target.batch_size,
+                                          max_seconds=target.max_seconds,
+                                          min_runs=target.min_runs)
     s_lat, t_lat = measured["student"]["latency_ms"], measured["teacher"]["latency_ms"]
-    if preset:
-        entry["quant_preset"] = preset
     return {
         **entry, "status": "ok", "reason": "", **backend.inspect(student_art,
                                                                   precision=target.precision),
@@ -144,14 +209,92 @@ def bench_target(ctx: Context, target: TargetConfig, reference_logits) -> dict[s
         "teacher_accuracy": measured["teacher"]["accuracy"],
         "latency_ms": s_lat, "teacher_latency_ms": t_lat,
         "speedup_vs_teacher": _speedup(t_lat, s_lat),
+        "timing": {"scheme": "sequential", "where": "remote device"},
         "parity": parity_summary(reference_logits, measured["student"]["logits"])
         if measured["student"]["logits"] is not None else None,  # None: trtexec only times
-        **({"remote": measured["student"]["remote"]} if remote is not None else {}),
-        **({"remote": measured["student"]["remote"]} if adb_profile is not None else {}),
+        "remote": measured["student"]["remote"],
         # Raw per-call latencies: kept in bench/results.json (plots, re-analysis), not in
         # report.json where they would dominate the size.
         "samples_ms": {role: measured[role]["samples_ms"] for role in ("student", "teacher")},
     }
+
+
+def _engine_key(backend: Any, artifact: Path, threads: int) -> tuple[str, int, str]:
+    """Two targets' engines are the same engine when backend, threads and bytes (the artifact
+    and the engine.json that decides how ONNX Runtime opens it) are the same."""
+    digest = hashlib.sha256(Path(artifact).read_bytes())
+    info = Path(artifact).parent / "engine.json"
+    if info.is_file():
+        digest.update(info.read_bytes())
+    return backend.name, threads, digest.hexdigest()
+
+
+def measure_local(ctx: Context, plans: list[LocalPlan], macs: int | None
+                  ) -> list[dict[str, Any]]:
+    """Time every engine of ``plans`` (same timing settings) in one interleaved benchmark and
+    return their report entries, in order."""
+    from edgecompress.bench import benchmark_runners, parity_summary
+    from edgecompress.bench.speed import speed_fields, throughput_fields
+
+    bundle = ctx.bundle
+    labels: dict[tuple, str] = {}  # engine key -> its name in the benchmark
+    roles: list[dict[str, str]] = []  # per plan: role -> engine name
+    sources: dict[str, tuple[Any, Path, int]] = {}
+    for plan in plans:
+        mine = {}
+        for role, artifact in plan.engines.items():
+            key = _engine_key(plan.backend, artifact, plan.target.threads)
+            if key not in labels:
+                labels[key] = f"{plan.target.name}/{role}"
+                sources[labels[key]] = (plan.backend, artifact, plan.target.threads)
+            mine[role] = labels[key]
+        roles.append(mine)
+    t = plans[0].target
+    runners = {}
+    try:
+        for name, (backend, artifact, threads) in sources.items():
+            runners[name] = backend.load(artifact, threads=threads)
+        measured, result = benchmark_runners(
+            runners, bundle.test.x, bundle.test.y, warmup=t.warmup, runs=t.runs,
+            batch_size=t.batch_size, max_seconds=t.max_seconds, min_runs=t.min_runs)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    entries = []
+    for plan, mine in zip(plans, roles, strict=True):
+        target, art = plan.target, plan.engines
+        student, teacher = measured[mine["student"]], measured[mine["teacher"]]
+        entry = {
+            **plan.entry, "status": "ok", "reason": "",
+            **plan.backend.inspect(art["student"], precision=target.precision),
+            "artifact": _rel(ctx, art["student"]), "size_bytes": art["student"].stat().st_size,
+            "teacher_artifact": _rel(ctx, art["teacher"]),
+            "teacher_size_bytes": art["teacher"].stat().st_size,
+            "accuracy": student["accuracy"], "teacher_accuracy": teacher["accuracy"],
+            "latency_ms": student["latency_ms"], "teacher_latency_ms": teacher["latency_ms"],
+            **speed_fields(result, student=mine["student"], teacher=mine["teacher"],
+                           fp32_twin=mine.get("fp32")),
+            "parity": parity_summary(plan.reference, student["logits"]),
+            **throughput_fields(macs, student["latency_ms"]["p50"],
+                                batch_size=target.batch_size, threads=target.threads,
+                                precision=target.precision),
+            "samples_ms": {"student": student["samples_ms"], "teacher": teacher["samples_ms"]},
+        }
+        if "fp32" in mine:
+            twin = measured[mine["fp32"]]
+            entry.update(fp32_artifact=_rel(ctx, art["fp32"]),
+                         fp32_size_bytes=art["fp32"].stat().st_size,
+                         fp32_accuracy=twin["accuracy"])
+            entry["samples_ms"]["fp32"] = twin["samples_ms"]
+        for note in entry.get("notes") or []:
+            logger.warning("%s: %s", target.name, note)
+        logger.info("%s: p50 %.4f ms, %.2fx vs teacher%s%s", target.name,
+                    entry["latency_ms"]["p50"], entry["speedup_vs_teacher"] or 0.0,
+                    " (noisy)" if entry.get("speedup_noisy") else "",
+                    f", int8 {entry['int8_speedup_vs_fp32']:.2f}x vs FP32"
+                    if entry.get("int8_speedup_vs_fp32") else "")
+        entries.append(entry)
+    return entries
 
 
 def student_source(ctx: Context, target: TargetConfig,

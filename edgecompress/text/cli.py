@@ -18,9 +18,12 @@ def is_text_recipe_file(path: Path) -> bool:
 
     Unreadable or invalid files answer False: the image recipe loader then reports them.
     """
+    from edgecompress.errors import ConfigError
+    from edgecompress.inputs import load_user_yaml
+
     try:
-        return is_text_recipe(yaml.safe_load(Path(path).read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return is_text_recipe(load_user_yaml(path, "recipe file"))
+    except ConfigError:
         return False
 
 

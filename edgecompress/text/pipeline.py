@@ -14,6 +14,7 @@ from edgecompress.distributed import init_distributed, shutdown_distributed
 from edgecompress.errors import BackendUnavailable, ConfigError
 from edgecompress.io import atomic_write_json, atomic_write_text
 from edgecompress.pipeline import Pipeline, prepare_run_dir, read_stage_manifest
+from edgecompress.runlock import run_dir_lock
 from edgecompress.stages.base import Stage, StageResult
 from edgecompress.text.context import TextContext
 from edgecompress.text.recipe import TextRecipe, text_recipe_to_dict
@@ -90,9 +91,10 @@ class TextPipeline(Pipeline):
         try:
             ctx = TextContext(self.recipe, self.run_dir, dist_info)
             text_preflight(ctx)
-            prepare_run_dir(self.run_dir, self.recipe, overwrite=overwrite)
-            atomic_write_json(self.run_dir / "recipe.json", text_recipe_to_dict(self.recipe))
-            return self._run_stages(ctx, force)
+            with run_dir_lock(self.run_dir):  # one process per run directory
+                prepare_run_dir(self.run_dir, self.recipe, overwrite=overwrite)
+                atomic_write_json(self.run_dir / "recipe.json", text_recipe_to_dict(self.recipe))
+                return self._run_stages(ctx, force)
         finally:
             shutdown_distributed()
 

@@ -1,7 +1,9 @@
 """Training loops of the text path: fine-tuning (hard labels) and distillation (any loss mix).
 
 AdamW with linear warm-up then linear decay (the usual BERT schedule); after each epoch the
-validation accuracy decides which weights are kept, so a late, worse epoch never wins.
+validation accuracy decides which weights are kept, so a late, worse epoch never wins. Without a
+terminal a log line comes at least every ~30 s (step, loss, elapsed, ETA; see
+:class:`edgecompress.training.ProgressLog`): fine-tuning a real encoder takes many minutes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch import nn
 
 from edgecompress.text.data import Encoded, batches
 from edgecompress.text.losses import TextDistillLoss
+from edgecompress.training import ProgressLog
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, cfg: Any, pa
                 "output_attentions": loss_fn.needs_attention}
     best_acc, best_state, best_epoch, history = -1.0, None, 0, []
     start = time.perf_counter()
+    progress = ProgressLog(f"[{label}]", steps)
     if teacher is not None:
         teacher.eval()
     for epoch in range(1, cfg.epochs + 1):
@@ -98,6 +102,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, cfg: Any, pa
             optimizer.step()
             scheduler.step()
             total, n = total + float(loss.detach()) * len(labels), n + len(labels)
+            progress.step(epoch, cfg.epochs, total / max(n, 1))
         set_mode(model, False)
         val_acc = _val_accuracy(model, val_data, pad_id, forward)
         history.append({"epoch": epoch, "loss": round(total / max(n, 1), 5),

@@ -343,6 +343,16 @@ class GateConfig(_Strict):
                                    "lists targets[].fp32_nodes).")
 
 
+class RunGateConfig(GateConfig):
+    """The recipe's top-level ``gate``: every target's thresholds, plus run-level ones."""
+
+    min_distillation_gain_pp: float | None = Field(
+        None, description="Run-level: min test-accuracy gain of the distilled student over the "
+        "hard-label one, in pp (needs stages.distill.baseline; negative values tolerate a "
+        "loss). Fails the run when distillation stops paying, even though the stage then "
+        "carries the hard-label student forward.")
+
+
 class TargetConfig(_Strict):
     """One deployment target: which backend builds and runs the engine, and how it is timed.
 
@@ -414,7 +424,7 @@ class Recipe(_Strict):
     targets: list[TargetConfig] = Field(
         default_factory=lambda: [TargetConfig(name="x86-avx512")],
         description="Deployment targets; each gets an engine and a benchmark.")
-    gate: GateConfig = Field(default_factory=GateConfig)
+    gate: RunGateConfig = Field(default_factory=RunGateConfig)
 
     @field_validator("targets")
     @classmethod

@@ -157,6 +157,40 @@ def _models_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def distillation_sentence(block: dict[str, Any]) -> str:
+    """Which student the distill stage carried forward and by how much (one sentence)."""
+    setting = f"{block['loss']}, T={block['temperature']:g}, alpha={block['alpha']:g}"
+    if block.get("baseline") is None:
+        return f"Distilled student carried forward (no hard-label baseline ran; {setting})."
+    d, b = block["distilled"], block["baseline"]
+    kept = ("the **distilled** student" if block["kept"] == "distilled"
+            else "the **hard-label** student (distillation did not pay on validation)")
+    return (f"Carried forward: {kept}. Validation: distilled {_fmt(d['val_accuracy'])} vs "
+            f"hard-label {_fmt(b['val_accuracy'])} ({block['val_gain_pp']:+.2f} pp); test: "
+            f"{_fmt(d['test_accuracy'])} vs {_fmt(b['test_accuracy'])} "
+            f"({block['gain_pp']:+.2f} pp). Settings: {setting}.")
+
+
+def _distillation_section(report: dict[str, Any]) -> list[str]:
+    block = report.get("distillation")
+    if not block:
+        return []
+    lines = ["## Distillation", "", distillation_sentence(block), ""]
+    search = block.get("search")
+    if search:
+        chosen = search["chosen"]
+        lines += [f"Settings searched on the validation split "
+                  f"({search['epochs_per_candidate']} epochs per candidate):", "",
+                  "| loss | T | alpha | val accuracy | |", "|---|---:|---:|---:|---|"]
+        keys = ("loss", "temperature", "alpha")
+        lines += [f"| {c['loss']} | {c['temperature']:g} | {c['alpha']:g} | "
+                  f"{_fmt(c['val_accuracy'])} | "
+                  f"{'chosen' if all(c[k] == chosen[k] for k in keys) else ''} |"
+                  for c in search["candidates"]]
+        lines.append("")
+    return lines
+
+
 def _num(value: Any) -> str:
     """Check values for tables: floats to 4 significant digits, the rest as is."""
     if value is None:
@@ -234,6 +268,7 @@ def render_markdown(report: dict[str, Any]) -> str:
              f"{data_line} CPU: {cpu.get('model', '?')} "
              f"(flags: {', '.join(cpu.get('flags') or []) or '-'}).", ""]
     lines += _models_section(report)
+    lines += _distillation_section(report)
     lines += ["## Targets", "",
               "| target | backend | precision | status | accuracy | drop (pp) | p50 ms | p90 ms | "
               "p99 ms | teacher p50 ms | speedup | size |",

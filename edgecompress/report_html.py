@@ -161,6 +161,26 @@ def _tables(report: Mapping[str, Any]) -> str:
             f"{checks}</table>")
 
 
+def _distillation_html(report: Mapping[str, Any]) -> str:
+    """Which student the distill stage carried forward, and the settings search if any."""
+    from edgecompress.report import distillation_sentence
+
+    block = report.get("distillation")
+    if not block:
+        return ""
+    text = html.escape(distillation_sentence(dict(block))).replace("**", "")
+    search = block.get("search") or {}
+    rows = "".join(
+        f"<tr><td>{_cell(c['loss'])}</td><td>{_cell(c['temperature'], 'g')}</td>"
+        f"<td>{_cell(c['alpha'], 'g')}</td><td>{_cell(c['val_accuracy'], '.4f')}</td></tr>"
+        for c in search.get("candidates") or [])
+    table = (f"<p>Settings searched on the validation split "
+             f"({_cell(search.get('epochs_per_candidate'))} epochs per candidate):</p><table>"
+             f"<tr><th>loss</th><th>T</th><th>alpha</th><th>val accuracy</th></tr>{rows}</table>"
+             if rows else "")
+    return f"<h2>Distillation</h2><p>{text}</p>{table}"
+
+
 def render_html(report: Mapping[str, Any], samples: Samples | None = None) -> str:
     """The whole HTML document (raises ImportError without matplotlib)."""
     import matplotlib
@@ -184,7 +204,8 @@ def render_html(report: Mapping[str, Any], samples: Samples | None = None) -> st
             f"test samples). CPU: {_cell(cpu.get('model'))}, flags "
             f"{_cell(', '.join(cpu.get('flags') or []))}. Python {_cell(env.get('python'))}."
             f" Latencies are comparable within this report only.</p>"
-            f"{_tables(report)}<h2>Plots</h2>{figures}</body></html>\n")
+            f"{_distillation_html(report)}{_tables(report)}<h2>Plots</h2>{figures}"
+            f"</body></html>\n")
 
 
 def write_html_report(report: Mapping[str, Any], path: str | Path,

@@ -105,8 +105,11 @@ def build_report(ctx: Context) -> dict[str, Any]:
     baseline = distill.get("baseline", {}).get("test_accuracy")
     prune = read_stage_manifest(run_dir, "prune").get("metrics", {})
     # The exported student is the pruned one when pruning ran: report its accuracy.
+    # Without pruning it is the student the distill stage carried forward (distilled or, when
+    # that was worse on validation, the hard-label one).
     student_acc = prune["test_accuracy"] if prune.get("enabled") else \
-        distill["student"]["test_accuracy"]
+        (distill.get("final") or distill["student"])["test_accuracy"]
+    distillation = distill.get("distillation")
     stages = []
     for name in UPSTREAM_STAGES:
         manifest = read_stage_manifest(run_dir, name)
@@ -129,9 +132,11 @@ def build_report(ctx: Context) -> dict[str, Any]:
                     "size_bytes": export["student"]["size_bytes"],
                     "baseline_accuracy_fp32": baseline,
                     "distillation_gain_pp": distill.get("distillation_gain_pp")},
+        "distillation": distillation,
         "quantization": quantization_summary(read_stage_manifest(run_dir, "qat")
                                              .get("metrics", {})),
         "stages": stages,
         "targets": targets,
-        "gate": judge(targets, *recipe_thresholds(ctx.recipe)),
+        "gate": judge(targets, *recipe_thresholds(ctx.recipe),
+                      run={"distillation": distillation}),
     }

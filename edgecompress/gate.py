@@ -35,14 +35,6 @@ RUN_THRESHOLDS: dict[str, tuple[str, str]] = {
 #: The ``target`` of run-level checks (JUnit classname ``edgecompress.run``).
 RUN_TARGET = "run"
 
-#: Run-level thresholds, judged once per run rather than per target: field -> (check, unit).
-#: They live in the recipe's top-level ``gate`` only; their checks name :data:`RUN_TARGET`.
-RUN_THRESHOLDS: dict[str, tuple[str, str]] = {
-    "min_distillation_gain_pp": ("distillation_gain", "pp"),
-}
-#: The ``target`` of run-level checks (JUnit classname ``edgecompress.run``).
-RUN_TARGET = "run"
-
 
 @dataclass
 class Check:
@@ -172,8 +164,6 @@ def judge(targets: list[Mapping[str, Any]], thresholds: Mapping[str, Any] | None
         overrides: Thresholds that win over both (command-line options).
         run: The report (or the part of it) that run-level thresholds
             (:data:`RUN_THRESHOLDS`, e.g. ``min_distillation_gain_pp``) measure.
-        run: The report (or the part of it) that run-level thresholds
-            (:data:`RUN_THRESHOLDS`, e.g. ``min_distillation_gain_pp``) measure.
 
     Returns:
         ``{"passed", "thresholds", "target_thresholds", "violations", "checks"}``; ``violations``
@@ -186,9 +176,6 @@ def judge(targets: list[Mapping[str, Any]], thresholds: Mapping[str, Any] | None
         name = str(entry.get("name", "?"))
         effective[name] = effective_thresholds(thresholds, per_target.get(name), overrides)
         checks += judge_target(entry, effective[name])
-    run_limits = {**_clean_known(thresholds, RUN_THRESHOLDS),
-                  **_clean_known(overrides, RUN_THRESHOLDS)}
-    checks += judge_run(run or {}, run_limits)
     run_limits = {**_clean_known(thresholds, RUN_THRESHOLDS),
                   **_clean_known(overrides, RUN_THRESHOLDS)}
     checks += judge_run(run or {}, run_limits)

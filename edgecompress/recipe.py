@@ -162,17 +162,66 @@ class FeatureMatch(_Strict):
     weight: float = Field(1.0, ge=0, description="Weight of this MSE term.")
 
 
+class DistillSearch(_Strict):
+    """A budgeted search of the distillation settings, judged on the validation split.
+
+    The candidates are the grid of the listed values (a list left out pins that setting to the
+    stage's own value); when the grid is larger than ``max_candidates``, an evenly spaced subset
+    of it is tried. Each candidate trains the same student from the same initialisation for
+    ``epochs``; the one with the best validation accuracy (the first on ties) is then used.
+    """
+
+    temperatures: list[float] | None = Field(None, min_length=1, description="Temperatures "
+                                             "to try (default: the stage's temperature only).")
+    alphas: list[float] | None = Field(None, min_length=1, description="Soft-term weights to "
+                                       "try, each in [0, 1) so hard labels always keep a weight "
+                                       "(default: the stage's alpha only).")
+    losses: list[Literal["kd", "dkd", "dist"]] | None = Field(
+        None, min_length=1, description="Logit losses to try (default: the stage's loss only).")
+    max_candidates: int = Field(6, ge=1, description="Most candidates trained (the budget).")
+    epochs: int | None = Field(None, ge=1, description="Epochs per candidate (default: the "
+                               "stage's epochs; then the winner is used as trained, not "
+                               "retrained).")
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(t <= 0 for t in value):
+            raise ValueError("temperatures must be > 0")
+        return value
+
+    @field_validator("alphas")
+    @classmethod
+    def _hard_labels_kept(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(not 0 <= a < 1 for a in value):
+            raise ValueError("alphas must be in [0, 1) (alpha 1 would drop the hard labels)")
+        return value
+
+
 class DistillConfig(_Strict):
-    """Knowledge distillation from the frozen teacher into the student."""
+    """Knowledge distillation from the frozen teacher into the student.
+
+    With ``baseline`` on, the distilled student is compared with the hard-label one on the
+    validation split and the better one is carried forward (``distill/student.pt``).
+    """
 
     enabled: bool = Field(True, description="Run the stage.")
     epochs: int = Field(40, ge=1, description="Maximum epochs.")
     lr: float = Field(5e-3, gt=0, description="AdamW peak learning rate (one-cycle schedule).")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(64, ge=1, description="Per-process batch size.")
-    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the KD term.")
-    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the KD term; (1 - alpha) weights "
-                         "the hard-label cross-entropy.")
+    loss: Literal["kd", "dkd", "dist"] = Field("kd", description="Soft (teacher) term: kd "
+                                               "(Hinton: T^2 * KL), dkd (Decoupled KD, Zhao et "
+                                               "al. 2022) or dist (DIST: Pearson correlations "
+                                               "of softened predictions, Huang et al. 2022).")
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature T of the soft term.")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the soft term; (1 - alpha) "
+                         "weights the hard-label cross-entropy.")
+    dkd_beta: float = Field(8.0, ge=0, description="Weight of DKD's non-target term (its target "
+                            "term has weight 1); used by loss dkd only.")
+    search: DistillSearch | None = Field(None, description="Optional budgeted search over "
+                                         "temperature / alpha / loss on the validation split; "
+                                         "null: the settings above are used as given.")
     features: list[FeatureMatch] = Field(default_factory=list, description="Optional "
                                          "intermediate-feature matching through learned 1x1 "
                                          "projections (MSE).")
@@ -182,7 +231,8 @@ class DistillConfig(_Strict):
         "none", description="Batch augmentation; teacher and student see the same augmented "
         "inputs (function matching), the baseline gets the same augmentation.")
     baseline: bool = Field(True, description="Also train the same student on hard labels only with "
-                           "the same budget, as the baseline distillation must beat.")
+                           "the same budget, and carry forward whichever of the two is better on "
+                           "the validation split (the distilled one on a tie).")
 
 
 PRUNE_IMPORTANCES = ("l1", "l2", "taylor", "fpgm")

@@ -13,7 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress.errors import BackendUnavailable, ConfigError, ModelError, RunDirError
+from edgecompress.errors import (
+    BackendUnavailable,
+    ConfigError,
+    DataError,
+    ModelError,
+    RunDirError,
+)
 from edgecompress.targets import TargetProfile, profile_availability
 
 logger = logging.getLogger(__name__)
@@ -46,6 +52,18 @@ def _load_data(data: str, seed: int) -> tuple[Any, np.ndarray, np.ndarray]:
             raise ConfigError(f"--data {data}: expected 'digits' or a .npz file")
         bundle = load_dataset("npz", path, seed=seed)
     return bundle, bundle.test.x, bundle.test.y
+
+
+def _check_classes(runner: Any, batch: np.ndarray, bundle: Any, artifact: Path,
+                   data: str) -> None:
+    """A model with K outputs scored on data with another number of classes gives a meaningless
+    accuracy (labels are re-indexed 0..K-1): refuse it before measuring."""
+    out = np.asarray(runner.run(batch))
+    outputs = int(np.prod(out.shape[1:])) if out.ndim > 1 else 1
+    if outputs != bundle.num_classes:
+        raise DataError(f"{artifact} outputs {outputs} classes but --data {data} has "
+                        f"{bundle.num_classes} classes ({', '.join(bundle.class_names[:20])}); "
+                        f"benchmark it on data with the classes it was trained on")
 
 
 def _synthetic_input(runner: Any, profile: TargetProfile, artifact: Path) -> np.ndarray:
@@ -104,11 +122,13 @@ def bench_artifact(artifact: Path, profile: TargetProfile, out_dir: Path, *,
             raise ConfigError(f"--data {data}: samples of shape {list(x.shape[1:])} do not match "
                               f"the profile's input_shape {profile.input_shape}")
         try:
+            if bundle is not None:
+                _check_classes(runner, x[:min(profile.batch_size, len(x))], bundle, artifact, data)
             measured = benchmark_runner(runner, x, y, warmup=profile.warmup, runs=profile.runs,
                                         batch_size=min(profile.batch_size, len(x)),
                                         max_seconds=profile.max_seconds,
                                         min_runs=profile.min_runs)
-        except (ConfigError, ModelError):
+        except (ConfigError, DataError, ModelError):
             raise
         except Exception as err:  # the runtime rejected the input: a model/data mismatch
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]

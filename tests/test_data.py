@@ -617,3 +617,12 @@ def test_imagefolder_single_class_refused(tmp_path: Path) -> None:
     Image.new("L", (4, 4)).save(tmp_path / "only" / "a.png")
     with pytest.raises(DataError, match=r"found 1 class\(es\)"):
         load_dataset("imagefolder", tmp_path)
+
+
+def test_calibration_smaller_than_class_count_warns(digits: DatasetBundle, caplog) -> None:
+    with caplog.at_level("WARNING", logger="edgecompress.data.calibration"):
+        x, _ = sample_calibration(digits, 10)
+    assert len(x) == 10 and caplog.text == ""
+    with caplog.at_level("WARNING", logger="edgecompress.data.calibration"):
+        sample_calibration(digits, 6)
+    assert "6 samples cannot cover the 10 classes" in caplog.text

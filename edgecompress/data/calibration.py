@@ -53,6 +53,12 @@ def sample_calibration(
     if num_samples > available:
         logger.info("calibration: %d samples requested, train split has %d; using all",
                     num_samples, available)
+    if min(num_samples, available) < bundle.num_classes:
+        # Not fatal (ranges need typical activations, not every class), but worth knowing.
+        logger.warning("calibration: %d samples cannot cover the %d classes of %s; raise "
+                       "data.calibration_samples to at least %d so every class is represented",
+                       min(num_samples, available), bundle.num_classes, bundle.name,
+                       bundle.num_classes)
     idx = stratified_subsample(bundle.train.y, min(num_samples, available), seed)
     return bundle.train.x[idx], bundle.train.y[idx]
 

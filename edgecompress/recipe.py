@@ -403,6 +403,18 @@ class RunGateConfig(GateConfig):
         "carries the hard-label student forward.")
 
 
+def _local_target_name(raw: dict[str, Any]) -> str:
+    """A profile-less target's default name: the ISA class it runs on and its precision, so a
+    report never calls an AVX2 measurement 'x86-avx512'."""
+    from edgecompress.isa import cpu_info
+
+    isa = raw.get("isa") if isinstance(raw.get("isa"), str) else cpu_info().isa
+    precision = raw.get("precision") if isinstance(raw.get("precision"), str) else "fp32"
+    backend = raw.get("backend") if isinstance(raw.get("backend"), str) else "onnxruntime"
+    name = f"{isa}-{precision}"
+    return name if backend == "onnxruntime" else f"{backend}-{name}"
+
+
 class TargetConfig(_Strict):
     """One deployment target: which backend builds and runs the engine, and how it is timed.
 
@@ -412,7 +424,9 @@ class TargetConfig(_Strict):
     """
 
     name: str = Field(description="Target name, used for the engine directory and in the report "
-                      "(default: the profile's name).")
+                      "(default: the profile's name; without a profile, what it runs on: "
+                      "<isa>-<precision> for onnxruntime, e.g. avx2-int8, else "
+                      "<backend>-<isa>-<precision>).")
     profile: str | None = Field(None, description="Target profile name or YAML path whose "
                                 "settings fill the fields not given here.")
     note: str = Field("", description="Shown next to the target in the report, e.g. that it "
@@ -420,8 +434,14 @@ class TargetConfig(_Strict):
     backend: str = Field("onnxruntime", description="Registered backend name.")
     precision: str = Field("fp32", description="Engine precision (must be supported by the "
                            "backend).")
-    quant_preset: str | None = Field(None, description="INT8 preset (ort-x86, tensorrt, "
-                                     "tflite) of an int8 target; default: the backend's own.")
+    quant_preset: str | None = Field(None, description="INT8 preset (ort-x86, ort-x86-vnni, "
+                                     "ort-x86-avx2, ort-arm64, tensorrt, tflite) of an int8 "
+                                     "target; default: the backend's own (ort-x86 picks the "
+                                     "ONNX Runtime form for the target's isa).")
+    isa: str | None = Field(None, description="ISA class of the CPU that runs the engine "
+                            "(avx2, avx512, avx512-vnni, avx-vnni, arm64, arm64-dotprod, "
+                            "arm64-i8mm); null: this machine's, detected. A profile sets it "
+                            "from its requires.cpu_flags.")
     threads: int = Field(1, ge=1, description="Intra-op threads for the benchmark.")
     batch_size: int = Field(1, ge=1, description="Batch size of the latency measurement.")
     warmup: int = Field(20, ge=0, description="Untimed warm-up runs.")
@@ -435,6 +455,8 @@ class TargetConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_profile(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and not raw.get("profile") and not raw.get("name"):
+            return {**raw, "name": _local_target_name(raw)}
         if not isinstance(raw, dict) or not raw.get("profile"):
             return raw
         from edgecompress.targets import load_profile
@@ -450,6 +472,15 @@ class TargetConfig(_Strict):
     def _safe_name(cls, value: str) -> str:
         if not value or not all(ch.isalnum() or ch in "-_." for ch in value) or value[0] == ".":
             raise ValueError("use letters, digits, '-', '_' and '.' only")
+        return value
+
+    @field_validator("isa")
+    @classmethod
+    def _known_isa(cls, value: str | None) -> str | None:
+        from edgecompress.isa import PEAKS
+
+        if value is not None and value not in PEAKS:
+            raise ValueError(f"unknown ISA class {value!r}; known: {', '.join(PEAKS)}")
         return value
 
     @model_validator(mode="after")
@@ -472,7 +503,7 @@ class Recipe(_Strict):
     student: ModelSpec = Field(default_factory=lambda: ModelSpec(width=0.25, depth=1))
     stages: StagesConfig = Field(default_factory=StagesConfig)
     targets: list[TargetConfig] = Field(
-        default_factory=lambda: [TargetConfig(name="x86-avx512")],
+        default_factory=lambda: [TargetConfig.model_validate({})],
         description="Deployment targets; each gets an engine and a benchmark.")
     gate: RunGateConfig = Field(default_factory=RunGateConfig)
 

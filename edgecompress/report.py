@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +21,13 @@ SCHEMA_VERSION = 1
 
 
 def cpu_description() -> dict[str, Any]:
-    """CPU model and the instruction-set flags that decide which int8 kernels can run."""
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and ":" in line:
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and ":" in line:
-                flags = line.split(":", 1)[1].split()
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
-              "asimd", "asimddp", "i8mm", "sve")
-    if not flags:  # Arm spells the line "Features"
-        from edgecompress.targets import cpu_flags
+    """CPU model, ISA class and the instruction-set flags that decide which int8 kernels can run
+    (:func:`edgecompress.isa.cpu_info`), with the int8/fp32 peak figures used for % of peak."""
+    from edgecompress.isa import cpu_info
 
-        flags = sorted(cpu_flags())
-    return {"model": model, "machine": platform.machine(),
-            "flags": [f for f in wanted if f in flags], "logical_cores": os.cpu_count()}
+    info = cpu_info().to_dict()
+    return {"model": info.pop("model"), "machine": info.pop("arch"), **info,
+            "logical_cores": os.cpu_count()}
 
 
 def accuracy_drop_pp(teacher: float, candidate: float) -> float:

@@ -183,6 +183,12 @@ class TargetProfile(_Strict):
         for key in _FILLED:
             if key not in out and getattr(self, key) is not None:
                 out[key] = getattr(self, key)
+        if "isa" not in out and self.connection.kind == "local":
+            from edgecompress.isa import isa_of_flags
+
+            isa = isa_of_flags(self.requires.cpu_flags, self.requires.arch)
+            if isa is not None:
+                out["isa"] = isa
         budgets = self.budgets.model_dump(exclude_defaults=True)
         out["gate"] = {**budgets, **(out.get("gate") or {})}
         return out
@@ -258,15 +264,9 @@ def load_profile(name_or_path: str | Path) -> TargetProfile:
 
 def cpu_flags() -> set[str]:
     """Every instruction-set flag of this CPU (x86 ``flags`` / Arm ``Features`` lines)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+    from edgecompress.isa import cpu_info
+
+    return set(cpu_info().flags)
 
 
 def host_reachable(host: str, port: int, timeout: float) -> tuple[bool, str]:

@@ -6,7 +6,9 @@ import json
 
 import pytest
 
+from edgecompress.isa import cpu_info
 from edgecompress.pipeline import default_stages
+from edgecompress.quant.presets import preset_for_target
 from tests.conftest import run_cli
 
 
@@ -26,16 +28,22 @@ def test_demo_meets_its_targets(tmp_path):
     assert student["distillation_gain_pp"] == pytest.approx(
         100 * (student["accuracy_fp32_distilled"] - student["baseline_accuracy_fp32"]), abs=1e-3)
     targets = {t["name"]: t for t in report["targets"]}
-    assert list(targets) == ["x86-avx512", "x86-avx512-fp32", "android-arm64",
+    isa = cpu_info().isa
+    # Local targets are named after the ISA class they ran on, never a CPU they did not.
+    assert list(targets) == [f"{isa}-int8", f"{isa}-fp32", "android-arm64",
                              "android-arm64-fp32"]
-    int8, fp32 = targets["x86-avx512"], targets["x86-avx512-fp32"]
+    int8, fp32 = targets[f"{isa}-int8"], targets[f"{isa}-fp32"]
+    # The report names the CPU, its ISA and the preset the int8 engine used.
+    cpu = report["environment"]["cpu"]
+    assert cpu["isa"] == isa and cpu["model"] and cpu["int8_peak_macs_per_cycle"] > 0
+    assert int8["quant_preset"] == preset_for_target("onnxruntime", None)
     assert int8["status"] == fp32["status"] == "ok"
     assert int8["precision"] == "int8" and int8["accuracy_drop"] <= 1.5
     # Every conv/linear of the pruned student is an int8 kernel; nothing fell back to FP32.
     assert int8["fp32_nodes"] == []
     assert sum(int8["int8_kernels"].values()) >= 11
     # QAT int8 vs the float student (PyTorch, test split) and the engine size vs the teacher.
-    quant = report["quantization"]["presets"]["ort-x86"]
+    quant = report["quantization"]["presets"][int8["quant_preset"]]
     assert abs(quant["test_drop_vs_fp32_pp"]) <= 0.5
     assert int8["size_bytes"] * 8 <= report["teacher"]["size_bytes"]
     # The student was really pruned (fewer MACs than the distilled one) before QAT.

@@ -10,8 +10,11 @@ import pytest
 pytest.importorskip("torchao")
 pytest.importorskip("torch_pruning")
 
+from edgecompress.quant.presets import preset_for_target  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 
+#: The ONNX Runtime preset this machine's CPU gets (ort-x86-avx2 without VNNI, else -vnni).
+ORT = preset_for_target("onnxruntime", None)
 INT8_TARGET = {"name": "cpu-int8", "backend": "onnxruntime", "precision": "int8", "threads": 1,
                "warmup": 2, "runs": 50}
 
@@ -31,26 +34,26 @@ def test_prune_then_qat_gives_an_all_int8_engine(write_recipe, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     target, trt = report["targets"]
-    assert target["status"] == "ok" and target["quant_preset"] == "ort-x86"
+    assert target["status"] == "ok" and target["quant_preset"] == ORT
     assert trt["status"] == "ok" and trt["quant_preset"] == "tensorrt"
     assert trt["uint8_rewrites"] > 0 and trt["parity"]["top1_agreement"] >= 0.98
     assert target["fp32_nodes"] == []
     kernels = target["int8_kernels"]
     # ResNet w0.25 d1: 9 convs + the classifier, each one int8 kernel.
     assert kernels["QLinearConv"] == 9 and kernels["QGemm"] == 1
-    quant = report["quantization"]["presets"]["ort-x86"]
+    quant = report["quantization"]["presets"][ORT]
     assert len(quant["layers_quantized"]) == 10 and quant["fp32_layers"] == []
     qat = json.loads((out / "qat" / "stage.json").read_text())["metrics"]
     # The rebuilt pruned module is the pruned student: same test accuracy as the .pt2.
     prune = json.loads((out / "prune" / "stage.json").read_text())["metrics"]
     assert qat["fp32"]["test_accuracy"] == pytest.approx(prune["test_accuracy"])
-    info = qat["presets"]["ort-x86"]["qat"]
+    info = qat["presets"][ORT]["qat"]
     assert info["observers_frozen_at_step"] is not None and info["bn_frozen_at_step"] is not None
     # QAT was compared with PTQ on the validation split and the better one kept (ties: PTQ).
     best = max(info["qat_val_accuracy"], info["ptq_val_accuracy"])
     assert info["kept"] == ("qat" if info["qat_val_accuracy"] > info["ptq_val_accuracy"]
                             else "ptq")
-    assert qat["presets"]["ort-x86"]["val_accuracy"] == pytest.approx(best)
+    assert qat["presets"][ORT]["val_accuracy"] == pytest.approx(best)
     assert quant["qat_vs_ptq"]["kept"] == info["kept"]
     assert target["parity"]["top1_agreement"] >= 0.98
     assert "## INT8" in (out / "report.md").read_text()
@@ -68,7 +71,7 @@ def test_ptq_accuracy_criterion_keeps_layers_fp32_and_the_gate_sees_them(write_r
     out = tmp_path / "run"
     result = run_cli("run", str(recipe), "--out", str(out))
     report = json.loads((out / "report.json").read_text())
-    quant = report["quantization"]["presets"]["ort-x86"]
+    quant = report["quantization"]["presets"][ORT]
     assert len(quant["sensitivity"]) == 10
     criterion = quant["accuracy_criterion"]
     if criterion["attempts"][0]["val_drop_vs_fp32_pp"] <= 0.0:
@@ -110,7 +113,7 @@ def test_qat_without_the_ptq_comparison_keeps_the_trained_model(write_recipe, tm
     out = tmp_path / "run"
     result = run_cli("run", str(recipe), "--out", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
-    info = json.loads((out / "qat" / "stage.json").read_text())["metrics"]["presets"]["ort-x86"]
+    info = json.loads((out / "qat" / "stage.json").read_text())["metrics"]["presets"][ORT]
     assert info["qat"]["best_epoch"] == 1 and "kept" not in info["qat"]
     report = json.loads((out / "report.json").read_text())
-    assert "qat_vs_ptq" not in report["quantization"]["presets"]["ort-x86"]
+    assert "qat_vs_ptq" not in report["quantization"]["presets"][ORT]

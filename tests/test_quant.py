@@ -121,7 +121,19 @@ def test_unknown_fp32_layer_name_is_an_error(digits):
 
 
 def test_preset_backend_compatibility():
-    assert preset_for_target("onnxruntime", None) == "ort-x86"
+    from edgecompress.isa import cpu_info
+
+    here = "ort-x86-avx2" if cpu_info().int8_saturates else "ort-x86-vnni"
+    if cpu_info().isa.startswith("arm64"):
+        here = "ort-arm64"
+    assert preset_for_target("onnxruntime", None) == here
+    assert preset_for_target("onnxruntime", "ort-x86") == here
+    assert preset_for_target("onnxruntime", None, "avx2") == "ort-x86-avx2"
+    assert preset_for_target("onnxruntime", None, "avx512") == "ort-x86-avx2"
+    assert preset_for_target("onnxruntime", None, "avx512-vnni") == "ort-x86-vnni"
+    assert preset_for_target("onnxruntime", None, "avx-vnni") == "ort-x86-vnni"
+    assert preset_for_target("onnxruntime", None, "arm64-dotprod") == "ort-arm64"
+    assert preset_for_target("onnxruntime", "ort-x86-vnni", "avx2") == "ort-x86-vnni"
     assert preset_for_target("onnxruntime", "tensorrt") == "tensorrt"
     with pytest.raises(ConfigError, match="'tflite'.*'onnxruntime'"):
         preset_for_target("onnxruntime", "tflite")

@@ -18,7 +18,8 @@ from edgecompress.targets import (
 )
 from tests.conftest import REPO, run_cli
 
-SHIPPED = {"x86-avx512", "x86-avx2", "android-arm64", "jetson-orin-nano", "jetson-agx-orin"}
+SHIPPED = {"x86-avx512", "x86-avx2", "x86-avx2-int8", "x86-avx512-vnni-int8",
+           "android-arm64", "jetson-orin-nano", "jetson-agx-orin"}
 
 
 def test_shipped_profiles_validate():

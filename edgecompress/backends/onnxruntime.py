@@ -180,8 +180,10 @@ class OnnxRuntimeBackend(Backend):
             load,
             quantize_biases,
             rewrite_int8_activations_to_uint8,
+            rewrite_wide_int8_weights_to_uint8,
             strip_metadata,
         )
+        from edgecompress.isa import cpu_info
 
         ort = self._ort()
         import onnx
@@ -196,6 +198,15 @@ class OnnxRuntimeBackend(Backend):
         before = dict(activation_dtypes(model))
         rewritten = rewrite_int8_activations_to_uint8(model)
         biases = quantize_biases(model)
+        cpu = cpu_info()
+        # Without VNNI full-range int8 weights would saturate ORT's u8 x s8 kernels: give those
+        # layers exact u8 x u8 kernels instead (7-bit weights of ort-x86-avx2 are left alone).
+        wide = rewrite_wide_int8_weights_to_uint8(model) if cpu.int8_saturates else 0
+        if wide:
+            logger.warning("onnxruntime int8 engine: %d layers have full-range int8 weights, "
+                           "which saturate ORT's u8 x s8 kernels on this %s CPU (no VNNI); "
+                           "they run exact u8 x u8 kernels (slower). Preset ort-x86 picks "
+                           "7-bit weights here and keeps the fast kernels.", wide, cpu.isa)
         strip_metadata(model)
         out_dir.mkdir(parents=True, exist_ok=True)
         artifact = out_dir / ARTIFACT_NAME
@@ -208,7 +219,8 @@ class OnnxRuntimeBackend(Backend):
             census = kernel_census(load(out_dir / OPTIMIZED_NAME))
         info = {"precision": "int8", "disabled_optimizers": list(INT8_DISABLED_OPTIMIZERS),
                 "activation_dtypes_in_source": before, "uint8_rewrites": rewritten,
-                "int32_biases": biases, "compute_nodes": compute_nodes, **census}
+                "int32_biases": biases, "compute_nodes": compute_nodes,
+                "isa": cpu.isa, "uint8_weight_rewrites": wide, **census}
         from edgecompress.io import atomic_write_json
 
         atomic_write_json(out_dir / ENGINE_INFO_NAME, info)

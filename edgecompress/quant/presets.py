@@ -1,13 +1,14 @@
-"""INT8 presets for ONNX targets: ``ort-x86`` (ONNX Runtime on x86) and ``tensorrt``.
+"""INT8 presets for ONNX targets: ``ort-x86-*`` / ``ort-arm64`` (ONNX Runtime) and ``tensorrt``.
 
 Both use the project's annotator (:mod:`edgecompress.quant.annotate`) on a ``torch.export`` graph
 and differ only in the quantization specs, which is where the hardware differs:
 
-``ort-x86``
+``ort-x86-vnni`` / ``ort-x86-avx2`` / ``ort-arm64`` (``ort-x86`` picks one per target ISA)
     uint8 asymmetric activations, int8 symmetric per-channel weights (axis 0), Q after every
     conv/linear/add output. ONNX Runtime's CPU kernels (QLinearConv, QGemm, QLinearMatMul,
     QLinearAdd; VNNI ``vpdpbusd`` multiplies *unsigned* by *signed* bytes) fuse a QDQ group fully
-    only in this form; signed activations leave about half the convs in FP32 here.
+    only in this form; signed activations leave about half the convs in FP32 here. Without VNNI
+    the weights are 7-bit (|w| <= 63) so ORT's vpmaddubsw cannot saturate (:mod:`edgecompress.isa`).
 ``tensorrt``
     int8 symmetric per-tensor activations (zero point 0), int8 symmetric per-channel weights on
     axis 0, float bias, Q/DQ on conv/linear inputs and on residual-add inputs. TensorRT only
@@ -29,8 +30,11 @@ from torch import nn
 from edgecompress.errors import BackendUnavailable, ConfigError, ModelError
 from edgecompress.quant.base import PRESETS, QuantPreset, register_preset
 
-#: Which preset a backend uses when a recipe target does not name one.
+#: Which preset a backend uses when a recipe target does not name one. ``ort-x86`` is resolved
+#: per instruction set by :func:`resolve_ort_preset` (VNNI: full range, AVX2: 7-bit weights).
 DEFAULT_PRESET = {"onnxruntime": "ort-x86", "tensorrt": "tensorrt", "tflite": "tflite"}
+#: The ONNX Runtime preset that names no instruction set: chosen per target ISA.
+AUTO_ORT_PRESET = "ort-x86"
 
 
 def _torchao() -> Any:
@@ -82,6 +86,8 @@ class OnnxQdqPreset(QuantPreset):
     act_dtype: ClassVar[torch.dtype]
     act_range: ClassVar[tuple[int, int]]
     act_symmetric: ClassVar[bool]
+    #: largest |weight| code: 127 (full int8) or 63 (7-bit, cannot saturate vpmaddubsw)
+    weight_max: ClassVar[int] = 127
 
     def __init__(self, *, calibration: str = "minmax", percentile: float = 99.99,
                  opset: int = 18) -> None:
@@ -112,7 +118,7 @@ class OnnxQdqPreset(QuantPreset):
         lo, hi = self.act_range
         act_scheme = torch.per_tensor_symmetric if self.act_symmetric else torch.per_tensor_affine
         act_kw = dict(dtype=self.act_dtype, quant_min=lo, quant_max=hi, qscheme=act_scheme)
-        w_kw = dict(dtype=torch.int8, quant_min=-127, quant_max=127,
+        w_kw = dict(dtype=torch.int8, quant_min=-self.weight_max, quant_max=self.weight_max,
                     qscheme=torch.per_channel_symmetric, ch_axis=0)
         if qat:
             act_ctr = pt2e.FakeQuantize.with_args(
@@ -175,17 +181,43 @@ class OnnxQdqPreset(QuantPreset):
                            switch_mode=False)
 
 
-@register_preset
-class OrtX86Preset(OnnxQdqPreset):
-    name: ClassVar[str] = "ort-x86"
+class _OrtPreset(OnnxQdqPreset):
+    """uint8 asymmetric activations x int8 symmetric per-channel weights, Q after every
+    conv/linear/add: the only form ONNX Runtime's CPU EP fuses completely into
+    QLinearConv/QGemm/QLinearAdd. Subclasses differ in the weight range, set by the ISA."""
+
     backends: ClassVar[tuple[str, ...]] = ("onnxruntime",)
-    rationale: ClassVar[str] = (
-        "uint8 asymmetric activations x int8 symmetric per-channel weights, Q after every "
-        "conv/linear/add: the only form ONNX Runtime's CPU EP fuses completely into "
-        "QLinearConv/QGemm/QLinearAdd (VNNI multiplies unsigned by signed bytes)")
     act_dtype: ClassVar[torch.dtype] = torch.uint8
     act_range: ClassVar[tuple[int, int]] = (0, 255)
     act_symmetric: ClassVar[bool] = False
+
+
+@register_preset
+class OrtX86VnniPreset(_OrtPreset):
+    name: ClassVar[str] = "ort-x86-vnni"
+    rationale: ClassVar[str] = (
+        "uint8 asymmetric activations x int8 symmetric per-channel weights (full range), Q after "
+        "every conv/linear/add: fully fused QLinearConv/QGemm/QLinearAdd; VNNI (vpdpbusd) "
+        "accumulates u8 x s8 products in 32 bits, so the full weight range is exact")
+
+
+@register_preset
+class OrtX86Avx2Preset(_OrtPreset):
+    name: ClassVar[str] = "ort-x86-avx2"
+    rationale: ClassVar[str] = (
+        "uint8 asymmetric activations x 7-bit symmetric per-channel weights (|w| <= 63), Q after "
+        "every conv/linear/add: fully fused QLinearConv/QGemm/QLinearAdd; without VNNI ORT "
+        "multiplies with vpmaddubsw, whose 16-bit pair sums saturate past 32,767 with full-range "
+        "weights (255 x 127 x 2); 255 x 63 x 2 = 32,130 cannot (ORT's reduce_range)")
+    weight_max: ClassVar[int] = 63
+
+
+@register_preset
+class OrtArm64Preset(_OrtPreset):
+    name: ClassVar[str] = "ort-arm64"
+    rationale: ClassVar[str] = (
+        "uint8 asymmetric activations x int8 symmetric per-channel weights (full range) for ONNX "
+        "Runtime on arm64: its sdot/udot/smmla kernels accumulate in 32 bits (exact)")
 
 
 @register_preset
@@ -202,6 +234,17 @@ class TensorRTPreset(OnnxQdqPreset):
     act_symmetric: ClassVar[bool] = True
 
 
+def resolve_ort_preset(isa: str | None = None) -> str:
+    """The concrete ONNX Runtime preset for an ISA class (:mod:`edgecompress.isa`); None means
+    this machine's CPU. x86 without VNNI gets 7-bit weights, everything else the full range."""
+    from edgecompress.isa import cpu_info, u8s8_saturates
+
+    isa = isa or cpu_info().isa
+    if isa.startswith("arm64"):
+        return "ort-arm64"
+    return "ort-x86-avx2" if u8s8_saturates(isa) else "ort-x86-vnni"
+
+
 def get_preset(name: str, **options: Any) -> QuantPreset:
     """A preset instance by name (importing the optional TFLite preset on demand).
 
@@ -213,6 +256,8 @@ def get_preset(name: str, **options: Any) -> QuantPreset:
             import edgecompress.quant.tflite  # noqa: F401 - registers the preset
         except ImportError:
             pass
+    if name == AUTO_ORT_PRESET:
+        name = resolve_ort_preset()
     cls = PRESETS.get(name)
     if cls is None:
         raise ConfigError(f"unknown quantization preset {name!r}; known presets: "
@@ -220,8 +265,9 @@ def get_preset(name: str, **options: Any) -> QuantPreset:
     return cls(**options) if options else cls()
 
 
-def preset_for_target(backend: str, preset: str | None) -> str:
-    """The preset a target uses: the one it names, else its backend's default.
+def preset_for_target(backend: str, preset: str | None, isa: str | None = None) -> str:
+    """The concrete preset a target uses: the one it names, else its backend's default, with
+    ``ort-x86`` resolved for the target's ISA class (``isa``; None: this machine's CPU).
 
     Raises:
         ConfigError: The backend has no INT8 preset, or the named preset's output cannot run on
@@ -230,6 +276,8 @@ def preset_for_target(backend: str, preset: str | None) -> str:
     name = preset or DEFAULT_PRESET.get(backend)
     if name is None:
         raise ConfigError(f"backend {backend!r} has no INT8 quantization preset")
+    if name == AUTO_ORT_PRESET:
+        name = resolve_ort_preset(isa)
     supported = _preset_backends(name)
     if backend not in supported:
         raise ConfigError(f"quantization preset {name!r} does not support backend {backend!r} "
@@ -241,6 +289,8 @@ def preset_for_target(backend: str, preset: str | None) -> str:
 def _preset_backends(name: str) -> tuple[str, ...]:
     if name == "tflite":  # known without importing the optional converter
         return ("tflite",)
+    if name == AUTO_ORT_PRESET:
+        name = resolve_ort_preset()
     cls = PRESETS.get(name)
     if cls is None:
         get_preset(name)  # raises the unknown-preset error

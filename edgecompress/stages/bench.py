@@ -316,7 +316,7 @@ def student_source(ctx: Context, target: TargetConfig,
     from edgecompress.quant.presets import preset_for_target
     from edgecompress.stages.qat import preset_artifact, preset_reference
 
-    preset = preset_for_target(target.backend, target.quant_preset)
+    preset = preset_for_target(target.backend, target.quant_preset, target.isa)
     ref_path = preset_reference(ctx.run_dir, preset)
     reference = np.load(ref_path) if ref_path.is_file() else fp32_reference
     return preset_artifact(ctx.run_dir, preset), reference, preset

@@ -31,6 +31,10 @@ def test_feature_matching_and_baseline(write_recipe, tmp_path):
         abs=1e-3)
     assert (out / "distill" / "student.pt").is_file()
     assert (out / "distill" / "baseline.pt").is_file()
+    assert (out / "distill" / "distilled.pt").is_file()
+    # The carried-forward student is never worse than the hard-label one on validation.
+    assert metrics["final"]["val_accuracy"] >= metrics["baseline"]["val_accuracy"]
+    assert metrics["distillation"]["kept"] == metrics["kept"]
 
 
 @pytest.mark.parametrize("augment", ["shift", "shift+mixup"])

@@ -289,6 +289,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                          f"{_fmt(par.get('top1_agreement'))} | "
                          f"{_fmt(par.get('max_abs_diff'), '.2e')} | "
                          f"{_fmt(par.get('snr_db'), '.1f')} |")
+    from edgecompress.bench.speed import speed_markdown
+
+    lines += speed_markdown(report)  # interleaved timing, int8 vs FP32 twin, % of peak
     lines += _int8_section(report)
     gate = report["gate"]
     lines += ["", "## Gate", "", "**PASSED**" if gate["passed"] else "**FAILED**"]

@@ -133,7 +133,7 @@ def _tables(report: Mapping[str, Any]) -> str:
     rows = []
     for t in report.get("targets") or []:
         if t.get("status") != "ok":
-            rows.append(f"<tr><td>{_cell(t['name'])}</td><td colspan=9 class=skip>"
+            rows.append(f"<tr><td>{_cell(t['name'])}</td><td colspan=10 class=skip>"
                         f"{_cell(t['status'])}: {_cell(t.get('reason'))}</td></tr>")
             continue
         lat, tlat = t["latency_ms"], t.get("teacher_latency_ms") or {}
@@ -143,10 +143,13 @@ def _tables(report: Mapping[str, Any]) -> str:
                 _cell(t["name"]), _cell(f"{t.get('backend')} {t.get('precision')}"),
                 _cell(t.get("accuracy"), ".4f"), _cell(t.get("accuracy_drop"), ".2f"),
                 _cell(lat.get("p50"), ".4f"), _cell(lat.get("p90"), ".4f"),
-                _cell(tlat.get("p50"), ".4f"), _cell(t.get("speedup_vs_teacher"), ".2f"),
+                _cell(tlat.get("p50"), ".4f"), _cell(t.get("speedup_vs_teacher"), ".2f")
+                + (" (noisy)" if t.get("speedup_noisy") else ""),
+                _cell(t.get("int8_speedup_vs_fp32"), ".2f"),
                 _cell(t.get("size_bytes"), ",d"), _cell(par.get("snr_db"), ".1f"))) + "</tr>")
     head = ("<tr><th>target</th><th>engine</th><th>accuracy</th><th>drop (pp)</th>"
             "<th>p50 ms</th><th>p90 ms</th><th>teacher p50 ms</th><th>speedup</th>"
+            "<th>int8/fp32</th>"
             "<th>size (B)</th><th>SNR dB</th></tr>")
     gate = report.get("gate") or {}
     verdict = ("<p class=pass>GATE PASSED</p>" if gate.get("passed")

@@ -82,8 +82,15 @@ def _synthetic_input(runner: Any, profile: TargetProfile, artifact: Path) -> np.
 
 def bench_artifact(artifact: Path, profile: TargetProfile, out_dir: Path, *,
                    data: str | None = None, seed: int = 0, overwrite: bool = False,
-                   gate_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                   gate_overrides: dict[str, Any] | None = None,
+                   baseline: Path | None = None) -> dict[str, Any]:
     """Measure ``artifact`` as ``profile`` says and write the report files into ``out_dir``.
+
+    Timing uses the pipeline's scheme (:func:`~edgecompress.bench.latency.measure_interleaved`):
+    warm-up, then rounds, with per-round medians, their spread and CPU time per call. With
+    ``baseline`` (e.g. the FP32 teacher's engine) both engines are timed in the same interleaved
+    rounds; the baseline fills the report's teacher fields and ``speedup_vs_teacher`` is the
+    median of the same-round ratios.
 
     Returns:
         The report document (its ``gate.passed`` decides the exit code).
@@ -93,11 +100,13 @@ def bench_artifact(artifact: Path, profile: TargetProfile, out_dir: Path, *,
         BackendUnavailable: the profile cannot run here (the message gives every reason).
     """
     from edgecompress.backends import get_backend
-    from edgecompress.bench import benchmark_runner
+    from edgecompress.bench import benchmark_runners
 
     artifact = Path(artifact)
     if not artifact.is_file():
         raise ConfigError(f"artifact not found: {artifact}")
+    if baseline is not None and not Path(baseline).is_file():
+        raise ConfigError(f"baseline artifact not found: {baseline}")
     _check_out_dir(out_dir, overwrite)
     if profile.connection.kind == "ssh":  # measured on the board, never on this machine
         from edgecompress.remote.bench import bench_artifact_remote
@@ -113,9 +122,15 @@ def bench_artifact(artifact: Path, profile: TargetProfile, out_dir: Path, *,
     if artifact.suffix not in backend.capabilities.artifact_suffixes:
         raise ConfigError(f"{artifact}: backend {backend.name!r} runs "
                           f"{', '.join(backend.capabilities.artifact_suffixes)} files")
+    if baseline is not None and Path(baseline).suffix not in backend.capabilities.artifact_suffixes:
+        raise ConfigError(f"baseline {baseline}: backend {backend.name!r} runs "
+                          f"{', '.join(backend.capabilities.artifact_suffixes)} files")
     bundle, x, y = _load_data(data, seed) if data else (None, None, None)
     runner = backend.load(artifact, threads=profile.threads)
+    runners = {"artifact": runner}
     try:
+        if baseline is not None:
+            runners["baseline"] = backend.load(Path(baseline), threads=profile.threads)
         if x is None:
             x = _synthetic_input(runner, profile, artifact)
         elif profile.input_shape is not None and list(x.shape[1:]) != profile.input_shape[1:]:
@@ -124,10 +139,11 @@ def bench_artifact(artifact: Path, profile: TargetProfile, out_dir: Path, *,
         try:
             if bundle is not None:
                 _check_classes(runner, x[:min(profile.batch_size, len(x))], bundle, artifact, data)
-            measured = benchmark_runner(runner, x, y, warmup=profile.warmup, runs=profile.runs,
-                                        batch_size=min(profile.batch_size, len(x)),
-                                        max_seconds=profile.max_seconds,
-                                        min_runs=profile.min_runs)
+            both, result = benchmark_runners(runners, x, y, warmup=profile.warmup,
+                                             runs=profile.runs,
+                                             batch_size=min(profile.batch_size, len(x)),
+                                             max_seconds=profile.max_seconds,
+                                             min_runs=profile.min_runs)
         except (ConfigError, DataError, ModelError):
             raise
         except Exception as err:  # the runtime rejected the input: a model/data mismatch
@@ -135,16 +151,29 @@ def bench_artifact(artifact: Path, profile: TargetProfile, out_dir: Path, *,
             raise ModelError(f"{artifact}: cannot run on inputs of shape "
                              f"{list(x.shape[1:])}: {first}") from None
     finally:
-        runner.close()
-    report = build_bench_report(artifact, profile, bundle, measured, gate_overrides)
-    write_bench_outputs(report, measured["samples_ms"], out_dir)
+        for each in runners.values():
+            each.close()
+    from edgecompress.bench.speed import speed_fields
+
+    measured = both["artifact"]
+    compared = None
+    if baseline is not None:
+        compared = {"artifact": Path(baseline), "measured": both["baseline"],
+                    "speed": speed_fields(result, student="artifact", teacher="baseline")}
+    else:
+        measured["timing"] = result.schedule()
+    report = build_bench_report(artifact, profile, bundle, measured, gate_overrides,
+                                baseline=compared)
+    write_bench_outputs(report, measured["samples_ms"], out_dir,
+                        baseline_samples=both["baseline"]["samples_ms"] if compared else None)
     return report
 
 
 def build_bench_report(artifact: Path, profile: TargetProfile, bundle: Any,
-                       measured: dict[str, Any], gate_overrides: dict[str, Any] | None
-                       ) -> dict[str, Any]:
-    """The schema-1 report of a single-artifact benchmark (teacher fields ``null``)."""
+                       measured: dict[str, Any], gate_overrides: dict[str, Any] | None,
+                       baseline: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The schema-1 report of a single-artifact benchmark (teacher fields ``null``, or the
+    ``baseline``'s: ``{"artifact", "measured", "speed"}`` when one was timed alongside)."""
     from edgecompress.gate import judge
     from edgecompress.report import SCHEMA_VERSION, environment
 
@@ -158,6 +187,18 @@ def build_bench_report(artifact: Path, profile: TargetProfile, bundle: Any,
         "latency_ms": measured["latency_ms"], "teacher_latency_ms": None,
         "speedup_vs_teacher": None, "parity": None,
     }
+    if measured.get("timing"):
+        entry["timing"] = measured["timing"]
+    if baseline is not None:
+        base = baseline["measured"]
+        entry.update(teacher_artifact=str(baseline["artifact"].resolve()),
+                     teacher_size_bytes=baseline["artifact"].stat().st_size,
+                     teacher_accuracy=base["accuracy"], teacher_latency_ms=base["latency_ms"],
+                     **baseline["speed"])
+        if base["accuracy"] is not None and measured["accuracy"] is not None:
+            from edgecompress.report import accuracy_drop_pp
+
+            entry["accuracy_drop"] = accuracy_drop_pp(base["accuracy"], measured["accuracy"])
     dataset = ({"name": bundle.name, "eval_samples": int(len(bundle.test.y)),
                 "num_classes": bundle.num_classes, "input_shape": list(bundle.input_shape)}
                if bundle is not None else
@@ -173,7 +214,8 @@ def build_bench_report(artifact: Path, profile: TargetProfile, bundle: Any,
     }
 
 
-def write_bench_outputs(report: dict[str, Any], samples_ms: list[float], out_dir: Path) -> None:
+def write_bench_outputs(report: dict[str, Any], samples_ms: list[float], out_dir: Path, *,
+                        baseline_samples: list[float] | None = None) -> None:
     """report.json, bench/results.json (raw samples), report.md, report.html and junit.xml."""
     from edgecompress.io import atomic_write_json, atomic_write_text
     from edgecompress.junit import write_junit
@@ -182,6 +224,8 @@ def write_bench_outputs(report: dict[str, Any], samples_ms: list[float], out_dir
 
     name = report["targets"][0]["name"]
     samples = {name: {"student": samples_ms}}
+    if baseline_samples:
+        samples[name]["teacher"] = baseline_samples
     atomic_write_json(out_dir / "bench" / "results.json",
                       {"environment": report["environment"],
                        "targets": [{**report["targets"][0], "samples_ms": samples[name]}]})

@@ -103,3 +103,54 @@ def throughput_fields(macs: int | None, p50_ms: float | None, *, batch_size: int
         }
         out["peak_fraction"] = round(gmacs / peak, 5) if peak else None
     return {"throughput": out}
+
+
+def _x(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def speed_markdown(report: dict[str, Any]) -> list[str]:
+    """The report.md section on how the targets were timed: same-round speedups with their
+    spread and noise flag, int8 vs the FP32 twin, CPU time, GMAC/s and % of peak, notes."""
+    ran = [t for t in report.get("targets") or [] if t.get("status") == "ok"
+           and (t.get("timing") or {}).get("scheme") == "interleaved"]
+    if not ran:
+        return []
+    rounds = ran[0]["timing"].get("rounds")
+    lines = ["", "### Speed (interleaved rounds)", "",
+             f"Engines timed in {rounds} interleaved rounds (A B C, B C A, ...); each speedup is "
+             "the median of same-round ratios, *noisy* when the middle half of the rounds "
+             "disagree by more than "
+             f"{100 * ran[0]['timing'].get('noise_threshold_rel_iqr', 0.1):.0f} %.", "",
+             "| target | speedup vs teacher | rounds min-max | int8/fp32 | fp32 p50 ms | "
+             "cpu p50 ms | GMAC/s | % of peak |",
+             "|---|---:|---|---:|---:|---:|---:|---:|"]
+    formulas = []
+    for t in ran:
+        spread = t.get("speedup_spread") or {}
+        lat, fp32 = t.get("latency_ms") or {}, t.get("fp32_latency_ms") or {}
+        tp = t.get("throughput") or {}
+        peak = tp.get("peak") or {}
+        noisy = " (noisy)" if t.get("speedup_noisy") else ""
+        int8 = _x(t.get("int8_speedup_vs_fp32")) + (" (noisy)" if t.get("int8_speedup_noisy")
+                                                   else "")
+        frac = tp.get("peak_fraction")
+        lines.append(
+            f"| {t['name']} | {_x(t.get('speedup_vs_teacher'))}{noisy} | "
+            f"{_x(spread.get('min'))}-{_x(spread.get('max'))} | "
+            f"{int8 if t.get('int8_speedup_vs_fp32') is not None else '-'} | "
+            f"{'-' if fp32.get('p50') is None else format(fp32['p50'], '.4f')} | "
+            f"{'-' if lat.get('cpu_p50') is None else format(lat['cpu_p50'], '.4f')} | "
+            f"{'-' if tp.get('gmacs_per_s') is None else format(tp['gmacs_per_s'], '.2f')} | "
+            f"{'-' if frac is None else format(100 * frac, '.1f')} |")
+        if peak.get("formula"):
+            formula = (f"Peak ({t.get('precision')}): {peak['formula']} = "
+                       f"{peak.get('gmacs_per_s')} GMAC/s (clock: {peak.get('clock_source')}).")
+            if formula not in formulas:
+                formulas.append(formula)
+    if formulas:
+        lines += ["", *formulas]
+    notes = [f"- {t['name']}: {n}" for t in ran for n in t.get("notes") or []]
+    if notes:
+        lines += ["", "**Notes**", "", *notes]
+    return lines

@@ -200,3 +200,22 @@ def test_round_medians_are_ordered(clock) -> None:
     for stats in result.stats.values():
         assert len(stats.round_p50_ms) == stats.rounds == result.rounds
         assert stats.min <= float(np.median(stats.round_p50_ms)) <= stats.max
+
+
+def test_speed_section_of_report_md(clock) -> None:
+    from edgecompress.bench.speed import speed_markdown
+
+    result = _two_engine_result(clock, 1.25)
+    entry = {"name": "cpu-int8", "status": "ok", "precision": "int8",
+             "latency_ms": result.stats["int8"].to_dict(),
+             **speed_fields(result, student="int8", teacher="teacher", fp32_twin="fp32"),
+             "throughput": {"gmacs_per_s": 1.5, "peak_fraction": 0.25,
+                            "peak": {"formula": "32 int8 MAC/cycle/core (avx2) x 3.0 GHz x 1",
+                                     "gmacs_per_s": 96.0, "clock_source": "test"}}}
+    entry["speedup_noisy"] = True
+    lines = "\n".join(speed_markdown({"targets": [entry, {"name": "x", "status": "skipped"}]}))
+    assert "### Speed (interleaved rounds)" in lines and "20 interleaved rounds" in lines
+    assert "| cpu-int8 | 3.20x (noisy) |" in lines and "| 0.80x |" in lines
+    assert "| 1.50 | 25.0 |" in lines and "Peak (int8): 32 int8 MAC/cycle/core" in lines
+    assert "- cpu-int8: int8 engine is not faster" in lines
+    assert speed_markdown({"targets": [{"name": "x", "status": "skipped"}]}) == []

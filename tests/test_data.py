@@ -626,3 +626,57 @@ def test_calibration_smaller_than_class_count_warns(digits: DatasetBundle, caplo
     with caplog.at_level("WARNING", logger="edgecompress.data.calibration"):
         sample_calibration(digits, 6)
     assert "6 samples cannot cover the 10 classes" in caplog.text
+
+
+# --- image folders read lazily ----------------------------------------------------------------
+
+def test_imagefolder_decodes_only_the_images_a_split_keeps(tmp_path: Path, monkeypatch) -> None:
+    from edgecompress.data.imagefolder import ImageFolderDataset
+
+    root = _image_folder(tmp_path / "pets", per_class=40)
+    decoded: list[int] = []
+    original = ImageFolderDataset.__getitem__
+
+    def counting(self, i):
+        decoded.append(i)
+        return original(self, i)
+
+    monkeypatch.setattr(ImageFolderDataset, "__getitem__", counting)
+    bundle = load_dataset("imagefolder", root, train_limit=30, eval_limit=9, normalize=False)
+    assert (len(bundle.train) + len(bundle.val), len(bundle.test)) == (30, 9)
+    assert len(decoded) == len(set(decoded)) == 39, "each kept image decoded once, no others"
+    for split in (bundle.train, bundle.val, bundle.test):
+        for img, label in zip(split.x, split.y, strict=True):
+            colour = np.asarray(COLOURS[bundle.class_names[label]]) / 255.0
+            assert np.allclose(img, colour[:, None, None], atol=1e-6)
+    assert bundle.describe()["available"] == {"pool": 120, "test": None}
+
+
+def test_lazy_images_in_worker_processes_match_and_report_bad_files(tmp_path: Path) -> None:
+    from edgecompress.data.imagefolder import LazyImages, scan_image_folder
+
+    root = _image_folder(tmp_path / "pets", per_class=4)
+    Image.new("RGB", (7, 5), (1, 2, 3)).save(root / "cat" / "z.webp", lossless=True)
+    listing = scan_image_folder(root, None, grayscale=False)
+    assert len(listing.files) == 13 and listing.shape == (3, 5, 7)
+    in_process = LazyImages(listing, None, False, workers=0)[np.arange(13)]
+    in_workers = LazyImages(listing, None, False, workers=2)[np.arange(13)[::-1]]
+    assert np.array_equal(in_workers, in_process[::-1])
+    assert np.allclose(in_process[12], np.asarray([1, 2, 3])[:, None, None] / 255.0)
+    # With image_size no header is read up front: a broken file fails when decoded, in a
+    # worker, and reaches the caller as one clean DataError naming it.
+    (root / "ant" / "0.png").write_bytes(b"not a png")
+    listing = scan_image_folder(root, (5, 7), grayscale=False)
+    with pytest.raises(DataError, match=r"cannot read image .*ant/0\.png") as info:
+        LazyImages(listing, (5, 7), False, workers=2)[np.arange(13)]
+    assert "Traceback" not in str(info.value)
+
+
+def test_imagefolder_size_check_honours_exif_rotation(tmp_path: Path) -> None:
+    root = _image_folder(tmp_path / "pets", per_class=3, size=(5, 7))  # 5 wide, 7 high
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display: stored 7x5, shown 5x7
+    Image.new("RGB", (7, 5), COLOURS["cat"]).save(root / "cat" / "rot.jpg", exif=exif)
+    bundle = load_dataset("imagefolder", root, normalize=False, val_fraction=0.3,
+                          test_fraction=0.3)
+    assert bundle.input_shape == (3, 7, 5)

@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from edgecompress.data.checks import (
-    check_class_count,
     check_finite,
     check_limits,
     check_split_counts,
     encode_labels,
 )
+from edgecompress.data.imagefolder import LazyImages, scan_image_folder
 from edgecompress.data.split import (
     Split,
     compute_normalization,
@@ -40,7 +40,6 @@ from edgecompress.errors import BackendUnavailable, ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 SOURCES = ("digits", "npz", "idx", "imagefolder")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 # IDX type codes -> big-endian numpy dtypes (http://yann.lecun.com/exdb/mnist/).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _FINGERPRINT_VERSION = 1
@@ -285,49 +284,10 @@ def _load_idx(directory: Path) -> _Raw:
 
 
 def _load_imagefolder(root: Path, image_size: tuple[int, int] | None, grayscale: bool) -> _Raw:
-    try:
-        from PIL import Image, ImageOps
-    except ImportError as exc:
-        raise BackendUnavailable(
-            "source 'imagefolder' needs Pillow: pip install 'edgecompress[data]'") from exc
-    if not root.is_dir():
-        raise DataError(f"image folder {root} is not a directory")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise DataError(f"{root}: no class folders found (expected {root}/<class_name>/*.png)")
-    check_class_count(len(classes), f"image folder {root} (class folders: {classes})")
-    files: list[Path] = []
-    labels: list[int] = []
-    for k, cls in enumerate(classes):
-        images = sorted(p for p in (root / cls).iterdir() if p.is_file()
-                        and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
-        if not images:
-            raise DataError(f"class folder {root / cls} contains no images "
-                            f"({', '.join(IMAGE_EXTENSIONS)})")
-        files += images
-        labels += [k] * len(images)
-    mode = "L" if grayscale else "RGB"
-    pixels: list[np.ndarray] = []
-    first: tuple[Path, tuple[int, int]] | None = None
-    for file in files:
-        try:
-            with Image.open(file) as img:
-                img = ImageOps.exif_transpose(img).convert(mode)
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise DataError(f"cannot read image {file}: {exc}") from exc
-        if image_size is not None:
-            img = img.resize((image_size[1], image_size[0]), Image.Resampling.BILINEAR)
-        elif first is None:
-            first = (file, img.size)
-        elif img.size != first[1]:
-            raise DataError(f"images differ in size: {first[0]} is {first[1][0]}x{first[1][1]} "
-                            f"but {file} is {img.size[0]}x{img.size[1]} (width x height); pass "
-                            f"image_size=(H, W) to resize them")
-        pixels.append(np.asarray(img, dtype=np.uint8))
-    stacked = np.stack(pixels)
-    x = stacked[:, None] if grayscale else stacked.transpose(0, 3, 1, 2)
-    return _Raw(root.resolve().name, _to_nchw(x, str(root)), np.asarray(labels, np.int64), classes,
-                label_source=f"image folder {root}")
+    """List the folder (headers only); pixels are decoded later, only for the rows kept."""
+    listing = scan_image_folder(root, image_size, grayscale)
+    return _Raw(root.resolve().name, LazyImages(listing, image_size, grayscale), listing.labels,
+                listing.classes, label_source=f"image folder {root}")
 
 
 def _adapt(x: np.ndarray, image_size: tuple[int, int] | None, grayscale: bool,
@@ -482,7 +442,7 @@ def load_dataset(
             keep = stratified_subsample(y, limit, rng)
             x, y = x[keep], y[keep]
         train_idx, val_idx, test_idx = stratified_split(y, val_fraction, test_fraction, rng)
-        x_test, y_test = x[test_idx], y[test_idx]
+        x_test, y_test = None, y[test_idx]  # pixels taken after eval_limit (lazy sources)
     else:
         x_test, y_test = raw.x_test, raw.y_test
         total = y.shape[0] + y_test.shape[0]
@@ -507,22 +467,29 @@ def load_dataset(
     if eval_limit is not None and eval_limit < y_test.shape[0]:
         test_shrunk_from = int(y_test.shape[0])
         keep_test = np.sort(stratified_subsample(y_test, eval_limit, rng))
-        x_test, y_test = x_test[keep_test], y_test[keep_test]
+        if x_test is None:
+            test_idx = test_idx[keep_test]
+        else:
+            x_test = x_test[keep_test]
+        y_test = y_test[keep_test]
         logger.warning("%s: eval_limit=%d: accuracy is measured on %d of the %d test samples",
                        name, eval_limit, y_test.shape[0], test_shrunk_from)
     sizes = {"train": train_idx.shape[0], "val": val_idx.shape[0], "test": y_test.shape[0]}
     if min(sizes.values()) == 0:
         raise DataError(f"{name}: too few samples to split ({sizes}); use more data, a larger "
                         f"limit or larger fractions")
-    x_train, y_train = x[train_idx], y[train_idx]
-    x_val, y_val = x[val_idx], y[val_idx]
     required = ["train", "val"] if given_test and eval_limit is None else ["train", "val", "test"]
+    y_train, y_val = y[train_idx], y[val_idx]
     per_class = check_split_counts(
         {"train": y_train, "val": y_val, "test": y_test}, raw.class_names, where,
         required=required,
         hint=(f"every class needs samples in train, val and test (val_fraction={val_fraction}"
               + ("" if given_test else f", test_fraction={test_fraction}")
               + "); add samples of this class, remove it, or use a larger limit"))
+    # Pixels last: for an image folder this is where (only) the kept images are decoded.
+    x_train, x_val = x[train_idx], x[val_idx]
+    if x_test is None:
+        x_test = x[test_idx]
     channels = x.shape[1]
     mean, std = [0.0] * channels, [1.0] * channels
     if normalize:

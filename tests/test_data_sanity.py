@@ -1,7 +1,10 @@
-"""Data sanity at the CLI: bad data is exit 2 naming the file and culprit, before any training
-(issue 16 item 2), and ``bench`` refuses a model whose class count differs from the data's."""
+"""Data checks at the CLI: bad data is exit 2 naming the file and culprit, before any training
+(issue 16 item 2); `bench` refuses a model whose class count differs from the data's; a run on
+idx files with t10k reports its dataset (issue 15 item 3)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -61,3 +64,38 @@ def test_run_with_bad_labels_exits_2_before_training(write_recipe, tmp_path, lab
     for fragment in [str(data), *fragments]:
         assert fragment in result.stderr, (fragment, result.stderr[-2000:])
     assert "Traceback" not in result.stderr
+
+
+def _write_idx(path, arr: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, arr.ndim]) + np.asarray(arr.shape, dtype=">u4").tobytes()
+    path.write_bytes(header + arr.astype(np.uint8).tobytes())
+
+
+def test_run_on_idx_with_t10k_reports_a_whole_test_split(write_recipe, tmp_path):
+    """A whole run on MNIST-format files: train_limit shrinks the training pool only, and the
+    report records the dataset's given name, source, split sizes and transforms."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = (digits.images * 255 / 16).astype(np.uint8)
+    data = tmp_path / "idx"
+    data.mkdir()
+    _write_idx(data / "train-images-idx3-ubyte", pixels[:1400])
+    _write_idx(data / "train-labels-idx1-ubyte", digits.target[:1400])
+    _write_idx(data / "t10k-images-idx3-ubyte", pixels[1400:])
+    _write_idx(data / "t10k-labels-idx1-ubyte", digits.target[1400:])
+    recipe = write_recipe({"data": {"source": "idx", "path": str(data), "limit": None,
+                                    "train_limit": 500, "name": "digits as idx"}})
+    out = tmp_path / "run"
+    result = run_cli("run", str(recipe), "--out", str(out))
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    dataset = json.loads((out / "report.json").read_text())["dataset"]
+    assert dataset["name"] == "digits as idx" and dataset["source"] == "idx"
+    assert dataset["samples"]["test"] == dataset["eval_samples"] == 397  # every t10k image
+    assert dataset["samples"]["train"] + dataset["samples"]["val"] == 500
+    assert dataset["available"] == {"pool": 1400, "test": 397}
+    assert dataset["limits"] == {"train_limit": 500} and dataset["test_shrunk_from"] is None
+    assert "t10k-labels-idx1-ubyte" in dataset["test_split"]
+    assert [t["op"] for t in dataset["transforms"]] == ["scale", "normalize"]
+    assert dataset["augmentations"] == {"finetune": "none", "distill": "none"}
+    assert "Dataset **digits as idx** (idx), train/val/test" in (out / "report.md").read_text()

@@ -680,3 +680,28 @@ def test_imagefolder_size_check_honours_exif_rotation(tmp_path: Path) -> None:
     bundle = load_dataset("imagefolder", root, normalize=False, val_fraction=0.3,
                           test_fraction=0.3)
     assert bundle.input_shape == (3, 7, 5)
+
+
+def test_imagefolder_with_train_and_test_folders_keeps_test_whole(tmp_path: Path,
+                                                                  caplog) -> None:
+    root = tmp_path / "pets"
+    _image_folder(root / "train", per_class=20)
+    test = _image_folder(root / "test", per_class=4)
+    Image.new("RGB", (7, 5), (9, 9, 9)).save(test / "ant" / "odd.png")  # test rows are traceable
+    bundle = load_dataset("imagefolder", root, train_limit=30, normalize=False)
+    assert bundle.class_names == ["ant", "bee", "cat"] and bundle.name == "pets"
+    assert len(bundle.test) == 13 and len(bundle.train) + len(bundle.val) == 30
+    assert np.bincount(bundle.test.y).tolist() == [5, 4, 4]
+    assert sum(np.allclose(img, 9 / 255) for img in bundle.test.x) == 1
+    assert bundle.describe()["test_split"] == f"given: image folder {root / 'test'}"
+    # A class missing from the given test split is a warning; an unknown one is an error.
+    for png in (test / "cat").iterdir():
+        png.unlink()
+    (test / "cat").rmdir()
+    with caplog.at_level("WARNING", logger="edgecompress.data.checks"):
+        assert len(load_dataset("imagefolder", root).test) == 9
+    assert "class 'cat' has no samples in the test split" in caplog.text
+    (test / "dog").mkdir()
+    Image.new("RGB", (7, 5)).save(test / "dog" / "0.png")
+    with pytest.raises(DataError, match=r"test class folder .*test/dog has no counterpart"):
+        load_dataset("imagefolder", root)

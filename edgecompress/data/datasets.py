@@ -26,7 +26,7 @@ from edgecompress.data.checks import (
     check_split_counts,
     encode_labels,
 )
-from edgecompress.data.imagefolder import LazyImages, scan_image_folder
+from edgecompress.data.imagefolder import LazyImages, given_split_folders, scan_image_folder
 from edgecompress.data.split import (
     Split,
     compute_normalization,
@@ -284,10 +284,24 @@ def _load_idx(directory: Path) -> _Raw:
 
 
 def _load_imagefolder(root: Path, image_size: tuple[int, int] | None, grayscale: bool) -> _Raw:
-    """List the folder (headers only); pixels are decoded later, only for the rows kept."""
-    listing = scan_image_folder(root, image_size, grayscale)
-    return _Raw(root.resolve().name, LazyImages(listing, image_size, grayscale), listing.labels,
-                listing.classes, label_source=f"image folder {root}")
+    """List the folder (headers only); pixels are decoded later, only for the rows kept.
+
+    ``root/train/<class>`` + ``root/test/<class>`` is a given train/test split; otherwise
+    ``root/<class>`` is split here.
+    """
+    given = given_split_folders(root)
+    if given is None:
+        listing = scan_image_folder(root, image_size, grayscale)
+        return _Raw(root.resolve().name, LazyImages(listing, image_size, grayscale),
+                    listing.labels, listing.classes, label_source=f"image folder {root}")
+    train = scan_image_folder(given[0], image_size, grayscale)
+    test = scan_image_folder(given[1], image_size, grayscale, classes=train.classes)
+    if train.shape != test.shape:
+        raise DataError(f"images in {given[0]} have shape {train.shape} (C, H, W) but images in "
+                        f"{given[1]} have {test.shape}; pass image_size=(H, W) to resize them")
+    return _Raw(root.resolve().name, LazyImages(train, image_size, grayscale), train.labels,
+                train.classes, LazyImages(test, image_size, grayscale), test.labels,
+                label_source=f"image folder {given[0]}", test_source=f"image folder {given[1]}")
 
 
 def _adapt(x: np.ndarray, image_size: tuple[int, int] | None, grayscale: bool,
@@ -490,6 +504,8 @@ def load_dataset(
     x_train, x_val = x[train_idx], x[val_idx]
     if x_test is None:
         x_test = x[test_idx]
+    elif isinstance(x_test, LazyImages):  # a given test folder, not subsampled
+        x_test = x_test[np.arange(len(x_test))]
     channels = x.shape[1]
     mean, std = [0.0] * channels, [1.0] * channels
     if normalize:

@@ -64,26 +64,51 @@ def _header_size(path: Path) -> tuple[int, int]:
     return (height, width) if orientation in _TRANSPOSED else (width, height)
 
 
-def scan_image_folder(root: Path, image_size: tuple[int, int] | None,
-                      grayscale: bool) -> FolderListing:
+def given_split_folders(root: Path) -> tuple[Path, Path] | None:
+    """``(root/train, root/test)`` when the folder ships its own test split, else None.
+
+    The layout is ``root/train/<class>/*`` and ``root/test/<class>/*``; a dataset whose classes
+    happen to be called "train" and "test" holds images, not class folders, in them.
+    """
+    train, test = root / "train", root / "test"
+    if train.is_dir() and test.is_dir() and any(p.is_dir() for p in train.iterdir()):
+        return train, test
+    return None
+
+
+def scan_image_folder(root: Path, image_size: tuple[int, int] | None, grayscale: bool,
+                      classes: list[str] | None = None) -> FolderListing:
     """List ``root/<class>/*.<image>`` (classes sorted by name) without decoding any pixels.
 
     Without ``image_size`` every image header is read to check that all sizes agree.
 
+    Args:
+        classes: The training folder's classes, when ``root`` is a given test folder: its class
+            folders must be among them (labels index into them), and some may be absent.
+
     Raises:
-        DataError: no class folders, an empty class folder, one class, an unreadable image
-            header, or differing sizes without ``image_size``.
+        DataError: no class folders, an empty class folder, one class, a test class unknown to
+            train, an unreadable image header, or differing sizes without ``image_size``.
     """
     _pil()
     if not root.is_dir():
         raise DataError(f"image folder {root} is not a directory")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not found:
         raise DataError(f"{root}: no class folders found (expected {root}/<class_name>/*.png)")
-    check_class_count(len(classes), f"image folder {root} (class folders: {classes})")
+    if classes is None:
+        classes = found
+        check_class_count(len(classes), f"image folder {root} (class folders: {classes})")
+    else:
+        unknown = [c for c in found if c not in classes]
+        if unknown:
+            raise DataError(f"test class folder {root / unknown[0]} has no counterpart in the "
+                            f"training folder (its classes: {classes[:20]})")
     files: list[Path] = []
     labels: list[int] = []
     for k, cls in enumerate(classes):
+        if cls not in found:
+            continue
         images = sorted(p for p in (root / cls).iterdir() if p.is_file()
                         and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
         if not images:

@@ -64,7 +64,9 @@ class DataConfig(_Strict):
 
     source: Literal["digits", "npz", "idx", "imagefolder"] = Field(
         "digits", description="Dataset kind: built-in sklearn digits, an .npz file, a directory of "
-        "MNIST-format IDX files (optionally .gz), or an image folder (one subfolder per class).")
+        "MNIST-format IDX files (optionally .gz), or an image folder (one subfolder per class; "
+        "train/ + test/ subfolders give the test split; or a .csv/.json index of "
+        "path,label[,split]).")
     path: Path | None = Field(None, description="File or directory for npz/idx/imagefolder; "
                               "relative paths resolve against the recipe's directory.")
     npz_keys: tuple[str, str] = Field(("x", "y"), description="Array keys of inputs and labels in "
@@ -86,10 +88,11 @@ class DataConfig(_Strict):
                                     "val together (stratified, seeded); the test split is "
                                     "unchanged, a given one stays whole.")
     eval_limit: int | None = Field(None, gt=0, description="At most this many test samples "
-                                   "(stratified, seeded); off by default. Accuracy is then measured "
-                                   "on a subset (recorded in the report).")
-    name: str | None = Field(None, min_length=1, max_length=200, description="The dataset's name in "
-                             "logs and the report (default: the file or directory name).")
+                                   "(stratified, seeded); off by default. Accuracy is then "
+                                   "measured on a subset (recorded in the report).")
+    name: str | None = Field(None, min_length=1, max_length=200, description="The dataset's "
+                             "name in logs and the report (default: the file or directory "
+                             "name).")
     calibration_samples: int = Field(256, gt=0, description="Size of the stratified calibration "
                                      "subset sampled from the train split and saved in the run.")
 

@@ -705,3 +705,49 @@ def test_imagefolder_with_train_and_test_folders_keeps_test_whole(tmp_path: Path
     Image.new("RGB", (7, 5)).save(test / "dog" / "0.png")
     with pytest.raises(DataError, match=r"test class folder .*test/dog has no counterpart"):
         load_dataset("imagefolder", root)
+
+
+def test_image_index_csv_and_json_with_given_split(tmp_path: Path) -> None:
+    root = _image_folder(tmp_path / "imgs", per_class=6)
+    rows = [(f"imgs/{cls}/{i}.png", cls, "test" if i >= 4 else "train")
+            for cls in COLOURS for i in range(6)]
+    (tmp_path / "index.csv").write_text(
+        "path,label,split\n" + "".join(f"{p},{c},{s}\n" for p, c, s in rows))
+    bundle = load_dataset("imagefolder", tmp_path / "index.csv", normalize=False,
+                          val_fraction=0.25)
+    assert bundle.class_names == ["ant", "bee", "cat"] and bundle.input_shape == (3, 5, 7)
+    assert len(bundle.test) == 6 and len(bundle.train) + len(bundle.val) == 12
+    for split in (bundle.train, bundle.val, bundle.test):
+        for img, label in zip(split.x, split.y, strict=True):
+            colour = np.asarray(COLOURS[bundle.class_names[label]]) / 255.0
+            assert np.allclose(img, colour[:, None, None], atol=1e-6)
+    assert bundle.describe()["test_split"].startswith("given: image index")
+    # JSON, integer labels 1..3 (mapped and recorded), no split column: the test split is carved.
+    entries = [{"path": str(root / cls / f"{i}.png"), "label": k + 1}
+               for k, cls in enumerate(sorted(COLOURS)) for i in range(6)]
+    (tmp_path / "index.json").write_text(json.dumps(entries))
+    carved = load_dataset("imagefolder", tmp_path / "index.json", normalize=False,
+                          val_fraction=0.2, test_fraction=0.2)
+    assert carved.class_names == ["1", "2", "3"]
+    assert carved.describe()["label_mapping"] == {"1": 0, "2": 1, "3": 2}
+    assert len(carved.train) + len(carved.val) + len(carved.test) == 18
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("file,label\nimgs/ant/0.png,ant\n", "needs columns path and label"),
+        ("path,label\nimgs/ant/0.png,ant\nimgs/ant/missing.png,ant\n",
+         r"index\.csv, line 3: image .*missing\.png does not exist"),
+        ("path,label,split\nimgs/ant/0.png,ant,train\nimgs/bee/0.png,bee,holdout\n",
+         r"line 3: split 'holdout' is not one of"),
+        ("path,label,split\nimgs/ant/0.png,ant,train\nimgs/bee/0.png,bee,train\n"
+         "imgs/cat/0.png,cat,test\n", r"line 4: test label 'cat' does not occur"),
+        ("path,label\nimgs/ant/0.png,ant\nimgs/ant/1.png,ant\n", r"found 1 class\(es\)"),
+    ],
+)
+def test_image_index_errors_name_the_line(tmp_path: Path, text: str, match: str) -> None:
+    _image_folder(tmp_path / "imgs", per_class=2)
+    (tmp_path / "index.csv").write_text(text)
+    with pytest.raises(DataError, match=match):
+        load_dataset("imagefolder", tmp_path / "index.csv")

@@ -27,6 +27,7 @@ from edgecompress.data.checks import (
     encode_labels,
 )
 from edgecompress.data.imagefolder import LazyImages, given_split_folders, scan_image_folder
+from edgecompress.data.imageindex import INDEX_SUFFIXES, scan_image_index
 from edgecompress.data.split import (
     Split,
     compute_normalization,
@@ -287,8 +288,15 @@ def _load_imagefolder(root: Path, image_size: tuple[int, int] | None, grayscale:
     """List the folder (headers only); pixels are decoded later, only for the rows kept.
 
     ``root/train/<class>`` + ``root/test/<class>`` is a given train/test split; otherwise
-    ``root/<class>`` is split here.
+    ``root/<class>`` is split here. A ``.csv``/``.json`` index file lists ``path,label[,split]``.
     """
+    if root.suffix.lower() in INDEX_SUFFIXES:
+        train, test, mapping = scan_image_index(root, image_size, grayscale)
+        lazy_test = None if test is None else LazyImages(test, image_size, grayscale)
+        return _Raw(root.stem, LazyImages(train, image_size, grayscale), train.labels,
+                    train.classes, lazy_test, None if test is None else test.labels,
+                    label_source=f"image index {root}",
+                    test_source=f"image index {root} (split=test rows)", label_mapping=mapping)
     given = given_split_folders(root)
     if given is None:
         listing = scan_image_folder(root, image_size, grayscale)

@@ -116,6 +116,13 @@ def scan_image_folder(root: Path, image_size: tuple[int, int] | None, grayscale:
                             f"({', '.join(IMAGE_EXTENSIONS)})")
         files += images
         labels += [k] * len(images)
+    return FolderListing(root, files, np.asarray(labels, np.int64), classes,
+                         image_shape(files, image_size, grayscale))
+
+
+def image_shape(files: list[Path], image_size: tuple[int, int] | None,
+                grayscale: bool) -> tuple[int, int, int]:
+    """(C, H, W) the images decode to; without ``image_size`` all headers must agree."""
     if image_size is None:
         first = _header_size(files[0])
         for file in files[1:]:
@@ -127,8 +134,7 @@ def scan_image_folder(root: Path, image_size: tuple[int, int] | None, grayscale:
         height, width = first[1], first[0]
     else:
         height, width = image_size
-    return FolderListing(root, files, np.asarray(labels, np.int64), classes,
-                         (1 if grayscale else 3, int(height), int(width)))
+    return (1 if grayscale else 3, int(height), int(width))
 
 
 class ImageFolderDataset:

@@ -1,0 +1,390 @@
+"""INT8 vs FP32 on this CPU: ResNet-18 and MobileNetV2 at 3x224x224, ONNX Runtime, 1 thread.
+
+For each architecture (torchvision's definition when torchvision imports, else the equivalent
+built here: same layers, channels, strides and residuals):
+
+1. train a few epochs on Fashion-MNIST (Debian's ``dataset-fashion-mnist``; scikit-learn's
+   digits when it is absent) at a low resolution, as three-channel images, so the logits mean
+   something; evaluate at 224x224 (bilinear upsampling);
+2. export the FP32 ONNX (dynamic batch) and build the engines from it:
+   - ``fp32``: the FP32 model on ORT;
+   - ``ours``: the project's int8 preset for this CPU (``ort-x86`` resolved by
+     :mod:`edgecompress.isa`: 7-bit weights without VNNI, full range with VNNI), PT2E PTQ
+     (minmax, 128 calibration images), published through the ORT int8 engine build;
+   - ``ort qs``: ONNX Runtime's ``quantize_static`` from the same FP32 ONNX and calibration
+     images (QDQ, per-channel, uint8 activations, int8 weights), run as a user would;
+   - ``ort qs rr``: the same with ``reduce_range=True`` (ORT's advice for CPUs without VNNI);
+3. measure accuracy, top-1 agreement with FP32 and with the int8 model's exact semantics (ours:
+   the PyTorch int8 model; ORT's: its own QDQ file run unfused, i.e. what the int8 math should
+   give), and latency in interleaved rounds (fp32, ours, qs, qs rr, fp32, ...; batch 1,
+   1 thread), every ratio the median of same-round ratios; GMAC/s and fraction of the ISA's
+   int8 peak (formula in the JSON); int8 kernel census of ORT's optimized graph.
+
+    python benchmarks/int8_cpu.py --json benchmarks/results/int8_cpu.json
+
+Prints a markdown table. Not a test: about 10-20 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+
+
+# --- models: torchvision's when importable, else the same architecture built here -------------
+
+class _Basic(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                            nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + identity)
+
+
+def resnet18(num_classes: int) -> nn.Module:
+    """torchvision.models.resnet18's layers: 7x7/2 stem, max pool, 4 stages of 2 basic blocks
+    (64-128-256-512), global average pool, fc."""
+    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
+                               nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        layers += [_Basic(cin, cout, stride), _Basic(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
+    return nn.Sequential(*layers)
+
+
+class _Inverted(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
+        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+                   nn.BatchNorm2d(hidden), nn.ReLU6(),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+def mobilenet_v2(num_classes: int) -> nn.Module:
+    """torchvision.models.mobilenet_v2's layers (width 1.0): 17 inverted residual blocks with
+    ReLU6 and depthwise 3x3 convs, 1280-channel last conv, dropout-free classifier."""
+    setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+               (6, 160, 3, 2), (6, 320, 1, 1)]
+    layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32),
+                               nn.ReLU6()]
+    cin = 32
+    for t, c, n, s in setting:
+        for i in range(n):
+            layers.append(_Inverted(cin, c, s if i == 0 else 1, t))
+            cin = c
+    layers += [nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6(),
+               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def build(arch: str, num_classes: int) -> tuple[nn.Module, str]:
+    try:
+        import torchvision.models as tvm
+
+        return getattr(tvm, arch)(num_classes=num_classes), "torchvision"
+    except Exception:  # noqa: BLE001 - torchvision missing or not importable with this torch
+        return {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2}[arch](num_classes), \
+            "built here (torchvision-equivalent)"
+
+
+# --- data --------------------------------------------------------------------------------------
+
+def _idx(path: Path) -> np.ndarray:
+    raw = gzip.open(path).read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_data(train_n: int, test_n: int, seed: int) -> tuple[Any, ...]:
+    rng = np.random.default_rng(seed)
+    if (FASHION / "train-images-idx3-ubyte.gz").is_file():
+        name = "Fashion-MNIST (Debian dataset-fashion-mnist)"
+        xtr, ytr = _idx(FASHION / "train-images-idx3-ubyte.gz"), _idx(
+            FASHION / "train-labels-idx1-ubyte.gz")
+        xte, yte = _idx(FASHION / "t10k-images-idx3-ubyte.gz"), _idx(
+            FASHION / "t10k-labels-idx1-ubyte.gz")
+    else:
+        from sklearn.datasets import load_digits
+
+        name = "scikit-learn digits"
+        d = load_digits()
+        x, y = (d.images * (255 / 16)).astype(np.uint8), d.target
+        order = rng.permutation(len(y))
+        xtr, ytr, xte, yte = x[order[:1400]], y[order[:1400]], x[order[1400:]], y[order[1400:]]
+    tr = rng.permutation(len(ytr))[:train_n]
+    te = rng.permutation(len(yte))[:test_n]
+    norm = lambda a: ((a.astype(np.float32) / 255.0) - 0.5) / 0.5  # noqa: E731
+    x_train = np.repeat(norm(xtr[tr])[:, None], 3, axis=1)
+    x_test = np.repeat(norm(xte[te])[:, None], 3, axis=1)
+    return name, x_train, ytr[tr].astype(np.int64), x_test, yte[te].astype(np.int64)
+
+
+def resize(x: np.ndarray, size: int) -> np.ndarray:
+    out = [F.interpolate(torch.from_numpy(x[i:i + 64]), size=(size, size), mode="bilinear",
+                         align_corners=False).numpy() for i in range(0, len(x), 64)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int) -> None:
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    steps = epochs * ((len(x) + 63) // 64)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    model.train()
+    for epoch in range(epochs):
+        order = np.random.default_rng(seed + epoch).permutation(len(x))
+        t0, total = time.time(), 0.0
+        for i in range(0, len(x), 64):
+            b = order[i:i + 64]
+            loss = F.cross_entropy(model(torch.from_numpy(x[b])), torch.from_numpy(y[b]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(b)
+        print(f"  epoch {epoch + 1}/{epochs}: loss {total / len(x):.3f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
+    model.eval()
+
+
+# --- engines -----------------------------------------------------------------------------------
+
+def session(path: Path | str, *, optimized: Path | None = None, fused: bool = True) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if not fused:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimized is not None:
+        so.optimized_model_filepath = str(optimized)
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def run_all(sess: Any, x: np.ndarray) -> np.ndarray:
+    name = sess.get_inputs()[0].name
+    return np.concatenate([sess.run(None, {name: x[i:i + 8]})[0] for i in range(0, len(x), 8)])
+
+
+def census(optimized: Path) -> dict[str, Any]:
+    from edgecompress.quant.onnx_passes import kernel_census, load
+
+    return kernel_census(load(optimized))
+
+
+def ort_quantize_static(fp32: Path, out: Path, calib: np.ndarray, reduce_range: bool) -> Path:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    name = session(fp32).get_inputs()[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{name: calib[i:i + 16]} for i in range(0, len(calib), 16)])
+
+        def get_next(self):  # noqa: ANN202 - ORT's interface
+            return next(self.batches, None)
+
+    pre = out.with_name(out.stem + "_pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    per_channel=True, reduce_range=reduce_range,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return out
+
+
+def interleaved(sessions: dict[str, Any], x1: np.ndarray, rounds: int, runs: int,
+                warmup: int) -> dict[str, Any]:
+    """Per engine: all samples (ms); per round: each engine's median (for same-round ratios)."""
+    for sess in sessions.values():
+        name = sess.get_inputs()[0].name
+        for _ in range(warmup):
+            sess.run(None, {name: x1})
+    samples: dict[str, list[float]] = {k: [] for k in sessions}
+    per_round: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for key, sess in sessions.items():
+            name = sess.get_inputs()[0].name
+            times = []
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                sess.run(None, {name: x1})
+                times.append((time.perf_counter() - t0) * 1e3)
+            samples[key] += times
+            per_round[key].append(statistics.median(times))
+    return {"samples": samples, "per_round": per_round}
+
+
+def bench_arch(arch: str, data: tuple[Any, ...], args: argparse.Namespace,
+               work: Path) -> dict[str, Any]:
+    from edgecompress.backends import get_backend
+    from edgecompress.export import export_onnx
+    from edgecompress.isa import cpu_info
+    from edgecompress.models.stats import count_macs
+    from edgecompress.quant.presets import get_preset, preset_for_target
+    from edgecompress.quant.training import calibrate, predict
+
+    _, x_train, y_train, x_test, y_test = data
+    model, origin = build(arch, 10)
+    print(f"{arch} ({origin}): training {args.epochs} epochs at {args.train_size}px", flush=True)
+    train(model, resize(x_train, args.train_size), y_train, args.epochs, args.seed)
+    x_eval = resize(x_test, args.size)
+    calib = resize(x_train[:args.calibration], args.size)
+    macs = count_macs(model, (3, args.size, args.size))
+    example = torch.from_numpy(x_eval[:2])
+    fp32_path = export_onnx(model, example, work / f"{arch}_fp32.onnx", opset=18,
+                            dynamic_batch=True)
+    preset_name = preset_for_target("onnxruntime", None)
+    preset = get_preset(preset_name)
+    prepared = preset.prepare(model, example, qat=False)
+    calibrate(prepared, calib)
+    converted = preset.convert(prepared)
+    reference = predict(converted, x_eval)
+    preset.export(converted, example, work / f"{arch}_ours_qdq.onnx")
+    backend = get_backend("onnxruntime")
+    ours = backend.build(work / f"{arch}_ours_qdq.onnx", work / f"{arch}_ours", precision="int8")
+    qs = ort_quantize_static(fp32_path, work / f"{arch}_qs.onnx", calib, reduce_range=False)
+    qs_rr = ort_quantize_static(fp32_path, work / f"{arch}_qs_rr.onnx", calib,
+                                reduce_range=True)
+    paths = {"fp32": fp32_path, "ours": ours, "ort qs": qs, "ort qs rr": qs_rr}
+    sessions = {k: session(p, optimized=work / f"{arch}_{k.replace(' ', '_')}_opt.onnx")
+                for k, p in paths.items()}
+    logits = {k: run_all(s, x_eval) for k, s in sessions.items()}
+    exact = {"ours": reference,
+             "ort qs": run_all(session(qs, fused=False), x_eval),
+             "ort qs rr": run_all(session(qs_rr, fused=False), x_eval)}
+    timing = interleaved(sessions, x_eval[:1], args.rounds, args.runs, args.warmup)
+    cpu = cpu_info()
+    rows = {}
+    for key in paths:
+        p50 = statistics.median(timing["samples"][key])
+        ratios = [f / e for f, e in zip(timing["per_round"]["fp32"], timing["per_round"][key])]
+        gmacs = macs / (p50 * 1e6)
+        precision = "fp32" if key == "fp32" else "int8"
+        peak = cpu.peak_gmacs(precision)
+        cen = census(work / f"{arch}_{key.replace(' ', '_')}_opt.onnx")
+        rows[key] = {
+            "accuracy": float((logits[key].argmax(1) == y_test).mean()),
+            "agreement_with_fp32": float((logits[key].argmax(1)
+                                          == logits["fp32"].argmax(1)).mean()),
+            "agreement_with_int8_reference": (float((logits[key].argmax(1)
+                                                     == exact[key].argmax(1)).mean())
+                                              if key in exact else None),
+            "max_abs_diff_vs_int8_reference": (float(np.abs(logits[key] - exact[key]).max())
+                                               if key in exact else None),
+            "p50_ms": p50, "speedup_vs_fp32": statistics.median(ratios),
+            "round_ratios": ratios, "gmacs_per_s": gmacs,
+            "fraction_of_peak": gmacs / peak if peak else None,
+            "peak_formula": cpu.peak_formula(precision),
+            "int8_kernels": cen["int8_kernels"], "fp32_nodes": len(cen["fp32_nodes"]),
+            "size_bytes": Path(paths[key]).stat().st_size,
+        }
+        print(f"  {key:10s} acc {rows[key]['accuracy']:.4f} p50 {p50:8.2f} ms "
+              f"x{rows[key]['speedup_vs_fp32']:.2f} vs fp32", flush=True)
+    return {"arch": arch, "definition": origin, "macs": macs, "preset": preset_name,
+            "engines": rows}
+
+
+def markdown(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    lines = [f"CPU: {env['model']} ({env['isa']}; flags {', '.join(env['flags'])}), 1 thread, "
+             "batch 1, 3x224x224",
+             "", "| model | engine | accuracy | agree FP32 | agree int8 ref | p50 ms | "
+             "vs FP32 | GMAC/s | % of peak | int8 kernels | FP32 convs |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for res in results:
+        for key, row in res["engines"].items():
+            name = f"ours ({res['preset']})" if key == "ours" else key
+            ref = row["agreement_with_int8_reference"]
+            frac = row["fraction_of_peak"]
+            lines.append(
+                f"| {res['arch']} | {name} | {100 * row['accuracy']:.2f} % | "
+                f"{row['agreement_with_fp32']:.3f} | {'-' if ref is None else f'{ref:.3f}'} | "
+                f"{row['p50_ms']:.2f} | {row['speedup_vs_fp32']:.2f}x | "
+                f"{row['gmacs_per_s']:.1f} | {'-' if frac is None else f'{100 * frac:.0f} %'} | "
+                f"{sum(row['int8_kernels'].values())} | {row['fp32_nodes']} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", nargs="+", default=["resnet18", "mobilenet_v2"])
+    parser.add_argument("--train", type=int, default=3000, help="training images")
+    parser.add_argument("--test", type=int, default=300, help="evaluation images (at 224)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--train-size", type=int, default=64)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--calibration", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--runs", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    from edgecompress.report import cpu_description
+
+    env = cpu_description()
+    data = load_data(args.train, args.test, args.seed)
+    print(f"data: {data[0]}; train {len(data[2])}, eval {len(data[4])}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [bench_arch(arch, data, args, Path(tmp)) for arch in args.arch]
+    table = markdown(results, env)
+    print(table)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"environment": env, "dataset": data[0],
+                                         "settings": vars(args) | {"json": str(args.json)},
+                                         "results": results, "table": table}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

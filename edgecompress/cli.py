@@ -250,6 +250,10 @@ def bench(artifact: Path, target: str, data: str | None, seed: int, out: Path, o
     from edgecompress.bench.artifact import bench_artifact
     from edgecompress.targets import load_profile
 
+    if artifact.suffix == ".onnx":
+        from edgecompress.inputs import check_onnx_file
+
+        check_onnx_file(artifact)  # parses; external data present and inside its folder
     report = bench_artifact(artifact, load_profile(target), out, data=data, seed=seed,
                             overwrite=overwrite, gate_overrides=_overrides(thresholds))
     click.echo((out / "report.md").read_text())

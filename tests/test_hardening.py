@@ -297,6 +297,16 @@ def test_lint_external_data_missing(tmp_path):
     expect(run_main("lint", path), 2, str(path), "weights.bin", "not found")
 
 
+def test_bench_external_data_missing(tmp_path):
+    path = _external(tmp_path)
+    (path.parent / "weights.bin").unlink()
+    profile = _profile(tmp_path / "targets", "good", GOOD_PROFILE)
+    out = tmp_path / "out"
+    expect(run_main("bench", path, "--target", profile, "--out", out), 2, str(path),
+           "weights.bin")
+    assert not out.exists()
+
+
 def test_lint_external_data_escaping_its_folder(tmp_path):
     import onnx
 
@@ -407,4 +417,20 @@ def test_fp32_onnx_export_carries_no_local_paths(tmp_path):
     data = path.read_bytes()
     for needle in (str(Path(torch.__file__).parent), str(Path.cwd()), str(Path.home()),
                    "stack_trace", "site-packages", __file__):
+        assert needle.encode() not in data, needle
+
+
+def test_text_onnx_export_carries_no_local_paths(tmp_path):
+    pytest.importorskip("transformers", reason="transformers not installed (extra: text)")
+    from edgecompress.text.data import collate
+    from edgecompress.text.export import export_onnx
+    from edgecompress.text.models import load_hf
+    from edgecompress.text.testing import tiny_bert_dir
+
+    model, tok = load_hf(tiny_bert_dir(tmp_path / "bert", layers=1, hidden=32, ffn=64))
+    ids, mask = collate(tok(["a great film", "dull"])["input_ids"], tok.pad_token_id)
+    path = export_onnx(model, (ids, mask), tmp_path / "model.onnx",
+                       max_seq=model.config.max_position_embeddings)
+    data = path.read_bytes()
+    for needle in ("stack_trace", "site-packages", str(Path(__file__).parent)):
         assert needle.encode() not in data, needle

@@ -66,7 +66,19 @@ def export_onnx(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor], ou
         torch.onnx.export(module, example, str(tmp), input_names=list(INPUTS),
                           output_names=["logits"], dynamo=True, opset_version=opset,
                           dynamic_shapes=shapes, external_data=False, verbose=False)
+        _strip_file(tmp)
     return out
+
+
+def _strip_file(path: Path) -> None:
+    """Drop the exporter's stack traces (local source paths) and doc strings from the file."""
+    import onnx
+
+    from edgecompress.export.onnx import strip_build_details
+
+    proto = onnx.load(str(path))
+    strip_build_details(proto)
+    onnx.save(proto, str(path))
 
 
 def ort_session(path: Path, threads: int = 1, *, optimized_path: Path | None = None,

@@ -104,10 +104,13 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, overwrite: bool) -> None:
         except (OSError, ValueError) as err:
             raise RunDirError(f"{owner}: unreadable ({err}); pass --overwrite to start afresh") \
                 from None
-        if not isinstance(existing, dict):
-            raise RunDirError(f"{owner}: not an edgecompress run.json (a JSON "
-                              f"{type(existing).__name__}, expected an object); choose another "
-                              "directory or remove it")
+        if not isinstance(existing, dict) or existing.get("tool") != "edgecompress":
+            # Not written by us: never adopted, and never deleted by --overwrite.
+            what = (f"a JSON {type(existing).__name__}" if not isinstance(existing, dict)
+                    else "no \"tool\": \"edgecompress\"")
+            raise RunDirError(f"{owner}: not an edgecompress run.json ({what}); choose another "
+                              "directory (--overwrite never deletes a directory edgecompress "
+                              "did not create)")
         if existing.get("identity") != identity:
             if not overwrite:
                 raise RunDirError(

@@ -356,6 +356,17 @@ def test_run_json_not_an_object(tmp_path, content):
     assert sorted(p.name for p in out.iterdir()) == ["run.json"]
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_foreign_run_json_is_never_deleted(tmp_path, overwrite):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"identity": "someone else's"}))
+    (out / "thesis.tex").write_text("precious")
+    args = ["run", _recipe(tmp_path), "--out", out] + (["--overwrite"] if overwrite else [])
+    expect(run_main(*args), 2, "run.json", "not an edgecompress run.json")
+    assert (out / "thesis.tex").read_text() == "precious"
+
+
 def test_out_not_writable(tmp_path):
     expect(run_main("run", _recipe(tmp_path), "--out", "/proc/edgecompress-run"), 2,
            "/proc/edgecompress-run")

@@ -195,10 +195,11 @@ class TargetProfile(_Strict):
 
 
 def targets_dir() -> Path:
-    """Where profiles are looked up by name: $EDGECOMPRESS_TARGETS_DIR, else the checkout's
-    ``targets/`` (next to the package, so ``pip install -e .`` finds it)."""
+    """Where profiles are looked up by name: $EDGECOMPRESS_TARGETS_DIR, else the shipped ones in
+    the package (``edgecompress/profiles``, package data: a wheel install has them too; the
+    checkout's ``targets/`` is a link to that folder)."""
     env = os.environ.get(TARGETS_DIR_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[1] / "targets"
+    return Path(env) if env else Path(__file__).resolve().parent / "profiles"
 
 
 def profile_paths() -> dict[str, Path]:

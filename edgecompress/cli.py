@@ -6,17 +6,19 @@ works with only the core installed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
 import click
 
 from edgecompress import __version__
-from edgecompress.errors import ConfigError, EdgeCompressError
+from edgecompress.errors import ConfigError, EdgeCompressError, RunDirError
 
 EXIT_INTERNAL = 4
 DEMO_RECIPE = "digits.yaml"
@@ -33,10 +35,24 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def _writing_into(out: Path) -> Iterator[None]:
+    """Turn an OSError on a path inside ``out`` (read-only, /proc, full disk) into exit 2 naming
+    the path, instead of a traceback."""
+    try:
+        yield
+    except OSError as err:
+        name = err.filename
+        if not name or not Path(os.path.abspath(name)).is_relative_to(os.path.abspath(out)):
+            raise
+        raise RunDirError(f"--out {out}: cannot write {name}: {err.strerror or err}") from None
+
+
 def _run_recipe(recipe, out: Path, force: str | None, overwrite: bool) -> int:
     from edgecompress.pipeline import Pipeline
 
-    Pipeline(recipe, out).run(force=force, overwrite=overwrite)
+    with _writing_into(out):
+        Pipeline(recipe, out).run(force=force, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     return print_report_and_verdict(out)
@@ -85,7 +101,9 @@ def run(recipe_path: Path, out: Path, force: str | None, overwrite: bool) -> Non
     from edgecompress.text.cli import is_text_recipe_file, run_text
 
     if is_text_recipe_file(recipe_path):  # task: text-classification (edgecompress/text)
-        sys.exit(run_text(recipe_path, out, force, overwrite))
+        with _writing_into(out):
+            code = run_text(recipe_path, out, force, overwrite)
+        sys.exit(code)
     sys.exit(_run_recipe(load_recipe(recipe_path), out, force, overwrite))
 
 
@@ -254,8 +272,10 @@ def bench(artifact: Path, target: str, data: str | None, seed: int, out: Path, o
         from edgecompress.inputs import check_onnx_file
 
         check_onnx_file(artifact)  # parses; external data present and inside its folder
-    report = bench_artifact(artifact, load_profile(target), out, data=data, seed=seed,
-                            overwrite=overwrite, gate_overrides=_overrides(thresholds))
+    profile = load_profile(target)
+    with _writing_into(out):
+        report = bench_artifact(artifact, profile, out, data=data, seed=seed,
+                                overwrite=overwrite, gate_overrides=_overrides(thresholds))
     click.echo((out / "report.md").read_text())
     click.echo(f"report: {out / 'report.json'}")
     _echo_gate(report["gate"])

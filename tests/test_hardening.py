@@ -372,6 +372,14 @@ def test_out_not_writable(tmp_path):
            "/proc/edgecompress-run")
 
 
+def test_bench_out_not_writable(tmp_path):
+    model = tiny_onnx(tmp_path / "m.onnx")
+    profile = _profile(tmp_path / "targets", "quick", {**GOOD_PROFILE, "runs": 50, "warmup": 1,
+                                                       "max_seconds": 0.2, "min_runs": 10})
+    expect(run_main("bench", model, "--target", profile, "--out", "/proc/edgecompress-bench"), 2,
+           "/proc/edgecompress-bench")
+
+
 # --------------------------------------------------------------------------- models
 
 def test_factory_calling_sys_exit(tmp_path):

@@ -198,6 +198,29 @@ def test_fuzz_recipe_yaml_syntax(text):
         assert_promised(run_main("validate", path), {0, 2})
 
 
+TEXT_RECIPE = {
+    "version": 1, "task": "text-classification", "name": "tiny",
+    "data": {"path": "reviews.csv", "labels": ["neg", "pos"], "max_length": 24},
+    "teacher": {"path": "teacher", "finetune": {"epochs": 8, "lr": 0.003, "batch_size": 16}},
+    "student": {"keep_layers": [1]},
+    "distill": {"epochs": 2, "lr": 0.002, "hidden": 1.0, "attention": 1.0, "batch_size": 16},
+    "prune": {"enabled": True, "heads_ratio": 0.5, "ffn_ratio": 0.5,
+              "recovery": {"epochs": 1, "lr": 0.001, "batch_size": 16}},
+    "quant": {"method": "ptq_dynamic"},
+    "targets": [{"name": "fp32", "precision": "fp32", "seq_len": 32, "runs": 5, "warmup": 1,
+                 "min_runs": 5}],
+}
+
+
+@fuzz(80)
+@given(doc=mutated(TEXT_RECIPE, [p for p in _paths(TEXT_RECIPE) if p[0] != "task"]))
+def test_fuzz_text_recipe_values(doc):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "text.yaml"
+        path.write_text(_dump_yaml(doc))
+        assert_promised(run_main("validate", path), {0, 2})
+
+
 # --------------------------------------------------------------------------- profiles
 
 BASE_PROFILE = {"version": 1, "name": "board", "description": "fuzzed", "backend": "onnxruntime",

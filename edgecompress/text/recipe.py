@@ -14,13 +14,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from edgecompress.errors import ConfigError
-from edgecompress.recipe import GateConfig
+from edgecompress.recipe import GateConfig, check_field_range
 
 TASK = "text-classification"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    _ranges = field_validator("*", mode="after", check_fields=False)(check_field_range)
 
 
 class TextDataConfig(_Strict):
@@ -47,11 +49,13 @@ class ScratchConfig(_Strict):
     """A BERT built from a config with random weights and a WordPiece tokenizer trained on the
     training split (no pretrained model is needed, nothing is downloaded)."""
 
-    layers: int = Field(4, ge=1)
-    hidden_size: int = Field(256, ge=8)
-    heads: int = Field(4, ge=1)
-    intermediate_size: int = Field(1024, ge=8)
-    vocab_size: int = Field(8000, ge=100)
+    # Upper bounds far above a model trained from scratch on one machine: a typo like
+    # hidden_size: 1e9 must be an error, not an out-of-memory kill.
+    layers: int = Field(4, ge=1, le=256)
+    hidden_size: int = Field(256, ge=8, le=65_536)
+    heads: int = Field(4, ge=1, le=1_024)
+    intermediate_size: int = Field(1024, ge=8, le=262_144)
+    vocab_size: int = Field(8000, ge=100, le=10_000_000)
     dropout: float = Field(0.1, ge=0, lt=1)
 
 

@@ -264,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="Default: the distill stage's default.")
     parser.add_argument("--alpha", type=float, default=None,
                         help="Default: the distill stage's default.")
+    parser.add_argument("--augment", default="none",
+                        choices=["none", "shift", "mixup", "shift+mixup"],
+                        help="stages.distill.augment for every student (the baseline too).")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path,
                         default=Path(__file__).parent / "results" / "distill_quality.json")
@@ -276,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     overrides = {k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha))
                  if v is not None}
-    cfg = DistillConfig(epochs=args.epochs, patience=args.epochs, **overrides)
+    cfg = DistillConfig(epochs=args.epochs, patience=args.epochs, augment=args.augment,
+                        **overrides)
     dist_info = init_distributed("cpu")
     started = time.perf_counter()
     rows = []
@@ -292,13 +296,15 @@ def main(argv: list[str] | None = None) -> int:
     text = table(summary, args.losses)
     cpu = cpu_description()
     print("\n" + text)
-    print(f"\nsettings: T={cfg.temperature:g}, alpha={cfg.alpha:g}, {args.epochs} epochs, "
+    print(f"\nsettings: T={cfg.temperature:g}, alpha={cfg.alpha:g}, augment {cfg.augment}, "
+          f"{args.epochs} epochs, "
           f"lr {cfg.lr:g}, batch {cfg.batch_size}; CPU {cpu['model']}, {args.threads} thread(s); "
           f"{time.perf_counter() - started:.0f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
         "settings": {"temperature": cfg.temperature, "alpha": cfg.alpha, "epochs": args.epochs,
                      "lr": cfg.lr, "batch_size": cfg.batch_size, "dkd_beta": cfg.dkd_beta,
+                     "augment": cfg.augment,
                      "losses": args.losses, "seeds": args.seeds, "threads": args.threads},
         "environment": {"cpu": cpu, "python": platform.python_version(),
                         "torch": torch.__version__},

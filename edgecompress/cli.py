@@ -19,6 +19,7 @@ import click
 
 from edgecompress import __version__
 from edgecompress.errors import ConfigError, EdgeCompressError, RunDirError
+from edgecompress.report import print_report_and_verdict
 
 EXIT_INTERNAL = 4
 DEMO_RECIPE = "digits.yaml"
@@ -56,17 +57,6 @@ def _run_recipe(recipe, out: Path, force: str | None, overwrite: bool) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     return print_report_and_verdict(out)
-
-
-def print_report_and_verdict(out: Path) -> int:
-    """Print a finished run's report.md; 1 (with the violations) if its gate failed, else 0."""
-    report = json.loads((out / "report.json").read_text())
-    click.echo((out / "report.md").read_text())
-    click.echo(f"report: {out / 'report.json'}")
-    if not report["gate"]["passed"]:
-        click.echo("gate FAILED:\n  " + "\n  ".join(report["gate"]["violations"]), err=True)
-        return 1
-    return 0
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -274,8 +264,15 @@ def bench(artifact: Path, target: str, data: str | None, seed: int, out: Path, o
         check_onnx_file(artifact)  # parses; external data present and inside its folder
     profile = load_profile(target)
     with _writing_into(out):
-        report = bench_artifact(artifact, profile, out, data=data, seed=seed,
-                                overwrite=overwrite, gate_overrides=_overrides(thresholds))
+        if profile.connection.kind == "ssh":  # measured on the board, never on this machine
+            from edgecompress.remote.bench import bench_artifact_remote
+
+            report = bench_artifact_remote(artifact, profile, out, data=data, seed=seed,
+                                           overwrite=overwrite,
+                                           gate_overrides=_overrides(thresholds))
+        else:
+            report = bench_artifact(artifact, profile, out, data=data, seed=seed,
+                                    overwrite=overwrite, gate_overrides=_overrides(thresholds))
     click.echo((out / "report.md").read_text())
     click.echo(f"report: {out / 'report.json'}")
     _echo_gate(report["gate"])

@@ -18,44 +18,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import platform
 import shutil
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edgecompress import __version__
 from edgecompress.distributed import (
     barrier,
     broadcast_object,
     init_distributed,
     shutdown_distributed,
 )
+from edgecompress.environment import TRACKED_PACKAGES, library_versions  # noqa: F401
 from edgecompress.errors import ConfigError, RunDirError
 from edgecompress.io import atomic_write_json, sha256_file, sha256_json
 from edgecompress.recipe import Recipe, recipe_to_dict
 from edgecompress.runlock import remove_stale_temp_files, run_dir_lock
-from edgecompress.stages.base import Context, Stage
+from edgecompress.stages.base import Context, Stage, read_stage_manifest  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-TRACKED_PACKAGES = ("torch", "numpy", "onnx", "onnxscript", "onnxruntime", "scikit-learn",
-                    "pydantic")
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python, edgecompress and the libraries that shape the artifacts."""
-    versions = {"python": platform.python_version(), "edgecompress": __version__}
-    for name in TRACKED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
-
-
 def default_stages() -> list[Stage]:
     """The stages in pipeline order (imported here so ``import edgecompress`` stays light)."""
     from edgecompress.stages.bench import BenchStage
@@ -277,11 +260,3 @@ class Pipeline:
                     "metrics": result.metrics,
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         atomic_write_json(self.run_dir / stage.name / "stage.json", manifest)
-
-
-def read_stage_manifest(run_dir: Path, name: str) -> dict[str, Any]:
-    """The manifest a finished stage wrote (empty dict if it has none)."""
-    import json
-
-    path = Path(run_dir) / name / "stage.json"
-    return json.loads(path.read_text()) if path.is_file() else {}

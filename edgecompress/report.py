@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
+from edgecompress.environment import cpu_description, environment  # noqa: F401 - re-exported
 from edgecompress.errors import ConfigError
 from edgecompress.io import atomic_write_text
 
@@ -20,35 +20,9 @@ logger = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 
 
-def cpu_description() -> dict[str, Any]:
-    """CPU model, ISA class and the instruction-set flags that decide which int8 kernels can run
-    (:func:`edgecompress.isa.cpu_info`), with the int8/fp32 peak figures used for % of peak."""
-    from edgecompress.isa import cpu_info
-
-    info = cpu_info().to_dict()
-    return {"model": info.pop("model"), "machine": info.pop("arch"), **info,
-            "logical_cores": os.cpu_count()}
-
-
 def accuracy_drop_pp(teacher: float, candidate: float) -> float:
     """Teacher minus candidate accuracy, in percentage points."""
     return round(100.0 * (teacher - candidate), 4)
-
-
-def environment() -> dict[str, Any]:
-    """Where a benchmark ran: Python, library versions, CPU model and flags, torch threads."""
-    from edgecompress.pipeline import library_versions
-
-    versions = library_versions()
-    threads = None
-    try:
-        import torch
-
-        threads = torch.get_num_threads()
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        pass
-    return {"python": versions["python"], "packages": versions, "cpu": cpu_description(),
-            "threads": threads}
 
 
 def dump_report(report: dict[str, Any]) -> str:
@@ -302,3 +276,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {c['target']} | {c['check']} | {c['outcome']} | {_num(c.get('value'))} | "
                   f"{_num(c.get('limit'))} |" for c in checks]
     return "\n".join(lines) + "\n"
+
+
+def print_report_and_verdict(out: Path) -> int:
+    """Print a finished run's report.md; 1 (with the violations) if its gate failed, else 0."""
+    import click
+
+    report = json.loads((out / "report.json").read_text())
+    click.echo((out / "report.md").read_text())
+    click.echo(f"report: {out / 'report.json'}")
+    if not report["gate"]["passed"]:
+        click.echo("gate FAILED:\n  " + "\n  ".join(report["gate"]["violations"]), err=True)
+        return 1
+    return 0

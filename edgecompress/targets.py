@@ -28,8 +28,8 @@ from pydantic import (
     model_validator,
 )
 
+from edgecompress.config import GateConfig, check_field_range
 from edgecompress.errors import ConfigError
-from edgecompress.recipe import GateConfig, check_field_range
 
 logger = logging.getLogger(__name__)
 

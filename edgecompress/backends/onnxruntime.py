@@ -173,6 +173,7 @@ class OnnxRuntimeBackend(Backend):
                 engine: it would silently run in FP32).
         """
         self.check_options("int8", options)
+        from edgecompress.isa import cpu_info
         from edgecompress.quant.onnx_passes import (
             activation_dtypes,
             compute_node_count,
@@ -183,7 +184,6 @@ class OnnxRuntimeBackend(Backend):
             rewrite_wide_int8_weights_to_uint8,
             strip_metadata,
         )
-        from edgecompress.isa import cpu_info
 
         ort = self._ort()
         import onnx

@@ -108,11 +108,10 @@ def bench_artifact(artifact: Path, profile: TargetProfile, out_dir: Path, *,
     if baseline is not None and not Path(baseline).is_file():
         raise ConfigError(f"baseline artifact not found: {baseline}")
     _check_out_dir(out_dir, overwrite)
-    if profile.connection.kind == "ssh":  # measured on the board, never on this machine
-        from edgecompress.remote.bench import bench_artifact_remote
-
-        return bench_artifact_remote(artifact, profile, out_dir, data=data, seed=seed,
-                                     overwrite=overwrite, gate_overrides=gate_overrides)
+    if profile.connection.kind == "ssh":
+        raise ConfigError(f"target profile {profile.name!r} is reached over ssh: measure it on "
+                          "the board with edgecompress.remote.bench.bench_artifact_remote (the "
+                          "'edgecompress bench' command does), never on this machine")
     ok, reasons = profile_availability(profile)
     if not ok:
         raise BackendUnavailable(f"target profile {profile.name!r} cannot run here: "

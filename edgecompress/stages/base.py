@@ -6,6 +6,7 @@ The pipeline hashes ``config`` + input files to decide whether a stage can be sk
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -79,3 +80,9 @@ class Stage(ABC):
     @abstractmethod
     def run(self, ctx: Context) -> StageResult:
         """Do the work; write outputs atomically (rank 0 only) and return them."""
+
+
+def read_stage_manifest(run_dir: Path, name: str) -> dict[str, Any]:
+    """The manifest a finished stage wrote (empty dict if it has none)."""
+    path = Path(run_dir) / name / "stage.json"
+    return json.loads(path.read_text()) if path.is_file() else {}

@@ -10,7 +10,6 @@ from edgecompress.errors import BackendUnavailable
 from edgecompress.gate import judge, recipe_thresholds
 from edgecompress.io import atomic_write_text
 from edgecompress.junit import write_junit
-from edgecompress.pipeline import read_stage_manifest
 from edgecompress.recipe import recipe_to_dict
 from edgecompress.report import (
     SCHEMA_VERSION,
@@ -20,7 +19,7 @@ from edgecompress.report import (
     save_report,
 )
 from edgecompress.report_html import samples_from_results, write_html_report
-from edgecompress.stages.base import Context, Stage, StageResult
+from edgecompress.stages.base import Context, Stage, StageResult, read_stage_manifest
 from edgecompress.stages.common import load_final_student, load_teacher
 
 

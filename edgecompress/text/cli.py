@@ -29,7 +29,7 @@ def is_text_recipe_file(path: Path) -> bool:
 
 def run_text(path: Path, out: Path, force: str | None, overwrite: bool) -> int:
     """Run the text pipeline; print report.md; 1 if the gate failed, else 0."""
-    from edgecompress.cli import print_report_and_verdict
+    from edgecompress.report import print_report_and_verdict
     from edgecompress.text.pipeline import TextPipeline
     from edgecompress.text.recipe import load_text_recipe
 

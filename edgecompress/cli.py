@@ -50,10 +50,10 @@ def _writing_into(out: Path) -> Iterator[None]:
 
 
 def _run_recipe(recipe, out: Path, force: str | None, overwrite: bool) -> int:
-    from edgecompress.pipeline import Pipeline
+    from edgecompress.api import run_recipe
 
     with _writing_into(out):
-        Pipeline(recipe, out).run(force=force, overwrite=overwrite)
+        run_recipe(recipe, out, force=force, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     return print_report_and_verdict(out)

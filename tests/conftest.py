@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
 import subprocess
 import sys
@@ -50,6 +52,20 @@ def write_recipe(tmp_path: Path):
         path.write_text(yaml.safe_dump(deep_update(TINY_RECIPE, overrides or {})))
         return path
     return write
+
+
+def run_main(*args: Any) -> tuple[int, str]:
+    """The CLI in this process: (exit code, stdout + stderr)."""
+    from edgecompress.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return code, out.getvalue() + err.getvalue()
 
 
 def run_cli(*args: str, timeout: float = 600, env: dict[str, str] | None = None,

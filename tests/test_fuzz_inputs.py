@@ -11,9 +11,7 @@ Deterministic by default (CI); ``EDGECOMPRESS_FUZZ_RANDOM=1`` explores new examp
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 import os
 import re
@@ -29,8 +27,7 @@ hypothesis = pytest.importorskip("hypothesis", reason="hypothesis not installed 
 from hypothesis import HealthCheck, event, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from edgecompress.cli import main  # noqa: E402
-from tests.conftest import TINY_RECIPE  # noqa: E402
+from tests.conftest import TINY_RECIPE, run_main  # noqa: E402
 from tests.reports import make_report, tiny_onnx  # noqa: E402
 
 PROMISED = {0, 1, 2, 3}
@@ -44,18 +41,6 @@ def fuzz(examples: int):
                     derandomize=not os.environ.get("EDGECOMPRESS_FUZZ_RANDOM"),
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                            HealthCheck.filter_too_much])
-
-
-def run_main(*args: Any) -> tuple[int, str]:
-    """The CLI in this process: (exit code, stdout + stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue() + err.getvalue()
 
 
 def assert_promised(result: tuple[int, str], allowed: set[int] = PROMISED) -> int:

@@ -8,8 +8,6 @@ traceback is printed, and that nothing is half-written. Commands run in-process 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import time
 from pathlib import Path
@@ -17,21 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgecompress.cli import main
-from tests.conftest import TINY_RECIPE, deep_update
+from tests.conftest import TINY_RECIPE, deep_update, run_main
 from tests.reports import make_report, target_entry, tiny_onnx
-
-
-def run_main(*args: str) -> tuple[int, str]:
-    """Run the CLI in this process; returns (exit code, stdout + stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return code, out.getvalue() + err.getvalue()
 
 
 def expect(code_and_text: tuple[int, str], code: int, *fragments: str) -> str:

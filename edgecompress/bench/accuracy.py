@@ -79,6 +79,21 @@ def timed_call(runner: Runner, batch: np.ndarray) -> Callable[[], object]:
     return hook(batch) if callable(hook) else (lambda: runner.run(batch))
 
 
+def _checked_settings(n_test: int, *, batch_size: int, warmup: int, runs: int,
+                      min_runs: int | None, max_seconds: float | None) -> int:
+    """Validate the timing settings against the test set; returns the effective ``min_runs``.
+
+    Raises:
+        ConfigError: ``batch_size`` < 1 or larger than the test set; bad ``warmup``/``runs``.
+    """
+    if batch_size < 1 or batch_size > n_test:
+        raise ConfigError(
+            f"latency batch_size must be in 1..{n_test} (test set size), got {batch_size}")
+    min_runs = min(min_runs or runs, runs) if max_seconds is not None else 1
+    check_counts(warmup=warmup, runs=runs, min_runs=min_runs, max_seconds=max_seconds)
+    return min_runs
+
+
 def benchmark_runner(runner: Runner, x_test: np.ndarray, y_test: np.ndarray | None, *,
                      warmup: int, runs: int, batch_size: int = 1,
                      max_seconds: float | None = None, min_runs: int | None = None,
@@ -95,12 +110,8 @@ def benchmark_runner(runner: Runner, x_test: np.ndarray, y_test: np.ndarray | No
     Raises:
         ConfigError: ``batch_size`` < 1 or larger than the test set; bad ``warmup``/``runs``.
     """
-    if batch_size < 1 or batch_size > len(x_test):
-        raise ConfigError(
-            f"latency batch_size must be in 1..{len(x_test)} (test set size), got {batch_size}"
-        )
-    min_runs = min(min_runs or runs, runs) if max_seconds is not None else 1
-    check_counts(warmup=warmup, runs=runs, min_runs=min_runs, max_seconds=max_seconds)
+    min_runs = _checked_settings(len(x_test), batch_size=batch_size, warmup=warmup, runs=runs,
+                                 min_runs=min_runs, max_seconds=max_seconds)
     if y_test is None:
         accuracy, logits = None, np.concatenate(
             [np.asarray(runner.run(x_test[i:i + 256])) for i in range(0, len(x_test), 256)])
@@ -141,12 +152,8 @@ def benchmark_runners(runners: Mapping[str, Runner], x_test: np.ndarray,
     Raises:
         ConfigError: ``batch_size`` < 1 or larger than the test set; bad ``warmup``/``runs``.
     """
-    if batch_size < 1 or batch_size > len(x_test):
-        raise ConfigError(
-            f"latency batch_size must be in 1..{len(x_test)} (test set size), got {batch_size}"
-        )
-    min_runs = min(min_runs or runs, runs) if max_seconds is not None else 1
-    check_counts(warmup=warmup, runs=runs, min_runs=min_runs, max_seconds=max_seconds)
+    min_runs = _checked_settings(len(x_test), batch_size=batch_size, warmup=warmup, runs=runs,
+                                 min_runs=min_runs, max_seconds=max_seconds)
     out: dict[str, dict[str, Any]] = {}
     for name, runner in runners.items():
         accuracy, logits = None, None

@@ -101,10 +101,10 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, overwrite: bool) -> None:
                     f"'{existing.get('recipe_name')}', other data/teacher/seed); pass --overwrite "
                     "to replace it, or choose another directory")
             logger.warning("replacing the different run in %s (--overwrite)", run_dir)
-            shutil.rmtree(run_dir)
+            clear_run_dir(run_dir)
         elif overwrite:
             logger.info("--overwrite: starting %s afresh", run_dir)
-            shutil.rmtree(run_dir)
+            clear_run_dir(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not owner.is_file():
@@ -115,6 +115,47 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, *, overwrite: bool) -> None:
     except OSError as err:
         raise RunDirError(f"--out {run_dir}: cannot be written: {err.strerror or err}") from None
     remove_stale_temp_files(run_dir)  # the caller holds the lock: no write of ours is in flight
+
+
+#: Top-level files every run (image or text) writes besides its stage directories.
+RUN_FILES = ("run.json", "recipe.json", "report.json", "report.md", "report.html", "junit.xml")
+
+
+def clear_run_dir(run_dir: Path) -> list[str]:
+    """Delete what edgecompress created in ``run_dir`` (``--overwrite``), nothing else.
+
+    Created by the tool: the files of :data:`RUN_FILES`, every folder holding a ``stage.json``
+    (a stage's directory), and every top-level folder a stage manifest lists outputs in (e.g.
+    ``engines/``). Anything else (a user's notes, data put there by hand) is kept and named in a
+    warning; ``run.json`` goes last, so an interrupted clear still leaves the directory marked
+    as a run. Returns the names kept.
+    """
+    import json
+
+    owned = set(RUN_FILES)
+    for child in run_dir.iterdir():
+        manifest = child / "stage.json"
+        if child.is_dir() and manifest.is_file():
+            owned.add(child.name)
+            try:
+                outputs = json.loads(manifest.read_text()).get("outputs") or {}
+            except (OSError, ValueError, AttributeError):
+                outputs = {}
+            for value in outputs.values() if isinstance(outputs, dict) else ():
+                if isinstance(value, list) and value and isinstance(value[0], str):
+                    owned.add(Path(value[0]).parts[0])
+    kept = []
+    for child in sorted(run_dir.iterdir(), key=lambda p: p.name == "run.json"):
+        if child.name not in owned:
+            kept.append(child.name)
+        elif child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    if kept:
+        logger.warning("--overwrite kept what edgecompress did not create in %s: %s", run_dir,
+                       ", ".join(kept))
+    return kept
 
 
 def preflight(ctx: Context) -> None:

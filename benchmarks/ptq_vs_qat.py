@@ -110,11 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     from edgecompress.bench import benchmark_runner
     from edgecompress.data import load_calibration
     from edgecompress.distributed import DistInfo
+    from edgecompress.quant.presets import preset_for_target
     from edgecompress.recipe import parse_recipe
     from edgecompress.report import environment
     from edgecompress.stages.base import Context
 
-    qat_model = args.run / "qat" / "ort-x86" / "student.onnx"
+    # ort-x86 resolves per CPU (ort-x86-vnni / ort-x86-avx2): the run's directory is named so.
+    qat_model = args.run / "qat" / preset_for_target("onnxruntime", None) / "student.onnx"
     if not qat_model.is_file():
         print(f"error: {qat_model} not found: run the demo first (make demo) or pass --run",
               file=sys.stderr)

@@ -306,7 +306,8 @@ def bench_arch(arch: str, data: tuple[Any, ...], args: argparse.Namespace,
     rows = {}
     for key in paths:
         p50 = statistics.median(timing["samples"][key])
-        ratios = [f / e for f, e in zip(timing["per_round"]["fp32"], timing["per_round"][key])]
+        ratios = [f / e for f, e in zip(timing["per_round"]["fp32"], timing["per_round"][key],
+                                        strict=True)]
         gmacs = macs / (p50 * 1e6)
         precision = "fp32" if key == "fp32" else "int8"
         peak = cpu.peak_gmacs(precision)

@@ -134,6 +134,8 @@ _GATE_OPTIONS = (
     ("--max-latency-p50-ms", "max_latency_p50_ms", float, "Max p50 latency (ms)."),
     ("--max-latency-p90-ms", "max_latency_p90_ms", float, "Max p90 latency (ms)."),
     ("--min-speedup", "min_speedup", float, "Min speedup vs the teacher (x)."),
+    ("--min-int8-speedup", "min_int8_speedup", float,
+     "Min speedup of an int8 target over its FP32 twin, same runtime, same rounds (x)."),
     ("--max-size-bytes", "max_size_bytes", int, "Max engine artifact size (bytes)."),
 )
 

@@ -171,3 +171,18 @@ def test_models_table_names_the_distillation_gain_only_when_a_baseline_ran():
     assert "Distillation gain over the hard-label baseline: +1.00 pp." in render_markdown(report)
     del report["student"]["distillation_gain_pp"]
     assert "Distillation gain" not in render_markdown(report)
+
+
+def test_gate_command_takes_min_int8_speedup(tmp_path):
+    """`edgecompress gate --min-int8-speedup`: an int8 engine slower than its FP32 twin fails."""
+    import json
+
+    from tests.conftest import run_main
+    from tests.reports import make_report, target_entry
+
+    report = make_report([target_entry("int8", precision="int8", int8_speedup_vs_fp32=0.8)])
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(report))
+    code, out = run_main("gate", path, "--min-int8-speedup", "1.0")
+    assert code == 1 and "int8 engine 0.80x vs its FP32 twin" in out
+    assert run_main("gate", path, "--min-int8-speedup", "0.5")[0] == 0

@@ -124,7 +124,11 @@ def validate(recipe_path: Path) -> None:
     if is_text_recipe_file(recipe_path):
         click.echo(validate_text(recipe_path))
         return
-    click.echo(yaml.safe_dump(recipe_to_dict(load_recipe(recipe_path)), sort_keys=False))
+    from edgecompress.stages.common import check_model_sources
+
+    recipe = load_recipe(recipe_path)
+    check_model_sources(recipe)  # a missing zoo package is exit 3 here, before any training
+    click.echo(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
 
 
 _GATE_OPTIONS = (

@@ -166,9 +166,10 @@ def preflight(ctx: Context) -> None:
     Bad input therefore fails fast (exit 2) and leaves no run directory behind.
     """
     from edgecompress.backends import get_backend
-    from edgecompress.stages.common import build_student, build_teacher_arch
+    from edgecompress.stages.common import build_student, build_teacher_arch, check_model_sources
     from edgecompress.stages.losses import FeatureTaps
 
+    check_model_sources(ctx.recipe)  # packages and names, before any data is read
     bundle = ctx.bundle
     logger.info("data: %s, %d classes, input %s, train/val/test %d/%d/%d", bundle.name,
                 bundle.num_classes, bundle.input_shape, len(bundle.train.y), len(bundle.val.y),

@@ -80,10 +80,19 @@ class DataConfig(_Strict):
 class ModelSpec(_Strict):
     """How to obtain a model: a built-in family member, a factory, TorchScript or torch.export."""
 
-    kind: Literal["builtin", "factory", "torchscript", "export"] = Field(
+    kind: Literal["builtin", "factory", "zoo", "torchscript", "export"] = Field(
         "builtin", description="builtin: a member of the built-in CNN family; factory: "
-        "'module:callable' (+ optional weights); torchscript: a TorchScript file; export: a "
+        "'module:callable' (+ optional weights); zoo: a model id (torchvision:/timm:/hf:, "
+        "the default kind when 'id' is given); torchscript: a TorchScript file; export: a "
         "torch.export .pt2 file.")
+    id: str | None = Field(None, max_length=4096, description="Model id for kind 'zoo': "
+                           "'torchvision:<name>', 'timm:<name>' or 'hf:<local directory>'. "
+                           "Built with random weights; pretrained ones come from 'weights' "
+                           "(never downloaded).")
+    num_classes: int | None = Field(None, ge=1, le=1_000_000, description="Kind 'zoo': "
+                                    "classes the model (and its 'weights') was built with; "
+                                    "default: the dataset's. The head is swapped for the "
+                                    "dataset's class count when they differ.")
     family: Literal["resnet", "mobilenet"] = Field("resnet", description="Built-in family.")
     width: float = Field(1.0, gt=0, le=8, description="Channel multiplier of the built-in family.")
     depth: int = Field(1, ge=1, le=8, description="Blocks per stage of the built-in family.")
@@ -98,8 +107,19 @@ class ModelSpec(_Strict):
                                "Only "
                                "for files you trust.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _id_means_zoo(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("id") is not None and "kind" not in data:
+            data = {**data, "kind": "zoo"}
+        return data
+
     @model_validator(mode="after")
     def _needs(self) -> ModelSpec:
+        if self.kind == "zoo" and not self.id:
+            raise ValueError("kind 'zoo' needs 'id' (e.g. 'torchvision:resnet18')")
+        if self.id is not None and self.kind != "zoo":
+            raise ValueError(f"'id' is only read by kind 'zoo', not {self.kind!r}")
         if self.kind == "factory" and not self.factory:
             raise ValueError("kind 'factory' needs 'factory: module:callable'")
         if self.kind in ("torchscript", "export") and self.path is None:

@@ -317,7 +317,12 @@ def test_find_and_replace_head_nested() -> None:
     with pytest.raises(ModelError, match="'fc' not found.*head.1"):
         find_head(model, "fc")
     with pytest.raises(ModelError, match="no nn.Linear"):
-        find_head(nn.Sequential(nn.Conv2d(1, 2, 3)))
+        find_head(nn.Sequential(nn.Flatten(), nn.ReLU()))
+    convs = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Conv2d(4, 2, 1))  # SqueezeNet-style conv head
+    assert find_head(convs) == "1"
+    assert replace_head(convs, 2) == "1"  # already 2 outputs: kept
+    with pytest.raises(ModelError, match="'1' is a Conv2d, expected nn.Linear"):
+        replace_head(convs, 3)
     old = model.head[1]
     assert replace_head(model, 5) == "head.1"
     assert model.head[1] is not old and model.head[1].out_features == 5

@@ -56,7 +56,8 @@ def find_head(model: nn.Module, head: str | None = None) -> str:
             raise ModelError("head name must not be empty")
         _get(model, head)
         return head
-    names = _linear_names(model)
+    names = _linear_names(model) or [  # SqueezeNet-style heads: a 1x1 conv as the classifier
+        name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)][-1:]
     if not names:
         raise ModelError(f"no nn.Linear classifier head found in the {type(model).__name__} "
                          "model (models loaded with kind 'export' have none you can edit); "
@@ -84,6 +85,9 @@ def replace_head(model: nn.Module, num_classes: int, head: str | None = None) ->
                          "load the model with kind 'factory' plus 'weights' instead")
     name = find_head(model, head)
     old = model.get_submodule(name)
+    if isinstance(old, nn.Conv2d) and old.out_channels == num_classes:
+        logger.info("head %s (a 1x1 conv) already has %d outputs; kept", name, num_classes)
+        return name
     if not isinstance(old, nn.Linear):
         raise ModelError(f"head {name!r} is a {type(old).__name__}, expected nn.Linear")
     if old.out_features == num_classes:

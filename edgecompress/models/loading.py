@@ -26,7 +26,7 @@ from edgecompress.models.tiny import build_builtin
 
 logger = logging.getLogger(__name__)
 
-KINDS = ("builtin", "factory", "torchscript", "export")
+KINDS = ("builtin", "factory", "zoo", "torchscript", "export")
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _MAX_LISTED = 10
 
@@ -35,6 +35,7 @@ def load_model(kind: str, *, family: str | None = None, width: float = 1.0, dept
                factory: str | None = None, kwargs: dict | None = None,
                weights: str | Path | None = None, path: str | Path | None = None,
                trust_pickle: bool = False, num_classes: int, in_channels: int,
+               model_id: str | None = None, id_classes: int | None = None,
                role: str = "teacher") -> nn.Module:
     """Build or load a model as described by a recipe's teacher/student section.
 
@@ -50,8 +51,11 @@ def load_model(kind: str, *, family: str | None = None, width: float = 1.0, dept
             into the model after it is built.
         path: TorchScript file (kind ``torchscript``) or ``.pt2`` file (kind ``export``).
         trust_pickle: Allow checkpoints that contain pickled Python code (executes it).
-        num_classes: Classes in the dataset (used by built-in models).
+        num_classes: Classes in the dataset (used by built-in and zoo models).
         in_channels: Image channels in the dataset (used by built-in models).
+        model_id: ``torchvision:<name>``, ``timm:<name>`` or ``hf:<dir>`` (kind ``zoo``).
+        id_classes: Classes the zoo model and its weights were built with; the head is
+            swapped for ``num_classes`` after the weights load when they differ.
         role: ``"teacher"`` or ``"student"``; used in error messages.
 
     Returns:
@@ -71,6 +75,13 @@ def load_model(kind: str, *, family: str | None = None, width: float = 1.0, dept
             raise ConfigError(f"{role}: kind 'factory' needs 'factory' "
                               "('package.module:callable' or 'file.py:callable')")
         model = _call_factory(factory, kwargs or {}, role)
+    elif kind == "zoo":
+        if not model_id:
+            raise ConfigError(f"{role}: kind 'zoo' needs 'id' (e.g. 'torchvision:resnet18')")
+        from edgecompress.models.zoo import build_zoo_model
+
+        model = build_zoo_model(model_id, num_classes=id_classes or num_classes,
+                                kwargs=kwargs, role=role)
     elif kind == "torchscript":
         model = _load_torchscript(_need_path(path, kind, role), role)
     elif kind == "export":
@@ -79,6 +90,10 @@ def load_model(kind: str, *, family: str | None = None, width: float = 1.0, dept
         raise ConfigError(f"{role}: unknown model kind {kind!r}; known kinds: {', '.join(KINDS)}")
     if weights is not None:
         load_weights(model, weights, trust_pickle=trust_pickle, role=role)
+    if kind == "zoo" and id_classes is not None and id_classes != num_classes:
+        from edgecompress.models.heads import replace_head
+
+        replace_head(model, num_classes)
     set_mode(model, training=False)
     logger.info("loaded %s model (kind=%s)", role, kind)
     return model
@@ -138,6 +153,9 @@ def _import_file(file: Path, spec_text: str) -> Any:
 
 def _import_module(module_name: str, spec_text: str) -> Any:
     """Import ``module_name``, telling a missing module apart from one that fails to import."""
+    from edgecompress.models.zoo import prepare_imports
+
+    prepare_imports()  # torchvision (also imported by timm) next to the CPU torch wheel
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

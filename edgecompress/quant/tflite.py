@@ -136,9 +136,63 @@ def _build_quantizer(qat: bool, calibration: str, skip: frozenset[str]) -> Any:
             def keep(n: torch.fx.Node) -> bool:
                 return not _in_skipped(n, skip) and (filter_fn is None or filter_fn(n))
 
-            return super()._annotate_all_static_patterns(model, quantization_config, keep)
+            model = super()._annotate_all_static_patterns(model, quantization_config, keep)
+            if quantization_config is not None:
+                _annotate_untraced_adds(model, quantization_config, keep)
+            return model
 
     return SkippingQuantizer().set_global(config)
+
+
+_ADDS = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor)
+_RELUS = (torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
+
+
+def _annotate_untraced_adds(model: torch.fx.GraphModule, config: Any,
+                            keep: Callable[[torch.fx.Node], bool]) -> int:
+    """Annotate the residual adds litert-torch's add annotators cannot see.
+
+    They find adds by ``source_fn_stack`` (``operator.add``/``torch.add``/``operator.iadd``);
+    ``torch.export`` records none for an in-place ``out += identity`` (torchvision's ResNet
+    blocks), so those adds stayed float and TFLite wrapped each in DEQUANTIZE/QUANTIZE. Same
+    annotation as litert-torch's ``add``/``add_relu``: both inputs and the output (of the relu
+    when one follows).
+    """
+    from litert_torch.quantize.pt2e_quantizer_utils import (
+        get_input_act_qspec,
+        get_output_act_qspec,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    count = 0
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in _ADDS or not keep(node):
+            continue
+        if "quantization_annotation" in node.meta:
+            continue
+        inputs = [a for a in node.args[:2] if isinstance(a, torch.fx.Node)]
+        if len(inputs) != 2 or not all(_is_float_tensor(a) for a in inputs):
+            continue
+        users = list(node.users)
+        relu = users[0] if (len(users) == 1 and users[0].op == "call_function"
+                            and users[0].target in _RELUS
+                            and "quantization_annotation" not in users[0].meta) else None
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={a: get_input_act_qspec(config) for a in inputs},
+            output_qspec=None if relu is not None else get_output_act_qspec(config),
+            _annotated=True)
+        if relu is not None:
+            relu.meta["quantization_annotation"] = QuantizationAnnotation(
+                output_qspec=get_output_act_qspec(config), _annotated=True)
+        count += 1
+    if count:
+        logger.info("tflite int8: annotated %d residual add(s) without source information", count)
+    return count
+
+
+def _is_float_tensor(node: torch.fx.Node) -> bool:
+    value = node.meta.get("val")
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
 
 
 def _check_skip(model: nn.Module, skip: Collection[str], preset: str) -> frozenset[str]:

@@ -19,6 +19,24 @@ def spec_files(spec: ModelSpec, role: str) -> dict[str, Path]:
             if getattr(spec, key) is not None}
 
 
+def check_model_sources(recipe) -> None:
+    """Resolve model ids and factories without building anything or reading data.
+
+    A missing package (exit 3, with the install line), an unknown architecture name or a
+    factory module that does not import is therefore reported by ``validate`` and before the
+    data stage, never after training.
+    """
+    from edgecompress.models import resolve_factory
+    from edgecompress.models.zoo import check_model_id
+
+    for role in ("teacher", "student"):
+        spec: ModelSpec = getattr(recipe, role)
+        if spec.kind == "zoo" and spec.id:
+            check_model_id(spec.id)
+        elif spec.kind == "factory" and spec.factory:
+            resolve_factory(spec.factory)
+
+
 def build_from_spec(spec: ModelSpec, ctx: Context, role: str) -> nn.Module:
     """Instantiate the model a recipe section describes, for this dataset's shape and classes."""
     from edgecompress.models import load_model
@@ -26,8 +44,9 @@ def build_from_spec(spec: ModelSpec, ctx: Context, role: str) -> nn.Module:
     bundle = ctx.bundle
     return load_model(spec.kind, family=spec.family, width=spec.width, depth=spec.depth,
                       factory=spec.factory, kwargs=dict(spec.kwargs), weights=spec.weights,
-                      path=spec.path, trust_pickle=spec.trust_pickle,
-                      num_classes=bundle.num_classes, in_channels=bundle.input_shape[0], role=role)
+                      path=spec.path, trust_pickle=spec.trust_pickle, model_id=spec.id,
+                      id_classes=spec.num_classes, num_classes=bundle.num_classes,
+                      in_channels=bundle.input_shape[0], role=role)
 
 
 def build_teacher_arch(ctx: Context) -> tuple[nn.Module, str]:

@@ -14,7 +14,7 @@ from typing import Any
 from edgecompress import __version__
 
 TRACKED_PACKAGES = ("torch", "numpy", "onnx", "onnxscript", "onnxruntime", "scikit-learn",
-                    "pydantic")
+                    "pydantic", "torchvision", "timm", "transformers")
 
 
 def library_versions() -> dict[str, str]:

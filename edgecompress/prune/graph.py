@@ -86,6 +86,62 @@ class CostModel:
         return macs, params
 
 
+def attention_projections(model: nn.Module) -> list[nn.Module]:
+    """The layers whose output channels are attention heads, which must keep their width.
+
+    Removing output channels of a fused ``qkv`` projection (timm), of ``query``/``key``/
+    ``value`` (Hugging Face), or of ``nn.MultiheadAttention`` breaks the reshape into
+    ``num_heads x head_dim`` that follows; the output projection ties the residual stream. Head
+    pruning needs the head structure, so these layers are left whole and the MLP hidden units
+    (``fc1``/``intermediate``) and convolutions carry the pruning.
+    """
+    found: list[nn.Module] = []
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):
+            found.append(module)
+            continue
+        if not hasattr(module, "num_heads") and not hasattr(module, "num_attention_heads"):
+            continue
+        for child_name in ("qkv", "q", "k", "v", "kv", "query", "key", "value", "proj",
+                           "out_proj"):
+            child = getattr(module, child_name, None)
+            if isinstance(child, nn.Linear):
+                found.append(child)
+    return found
+
+
+def _trace_culprit(exc: BaseException, names: Mapping[nn.Module, str]) -> str:
+    """Where in the model a DepGraph trace failed: torch-pruning's node and the nearest layer.
+
+    torch-pruning fails inside its index-mapping passes (a reshape/view, split or concat of the
+    channel axis it cannot map, e.g. ShuffleNet's channel shuffle); its ``node`` locals say which.
+    """
+    tb, nodes = exc.__traceback__, []
+    while tb is not None:
+        for key in ("node", "out_node", "in_node"):
+            node = tb.tb_frame.f_locals.get(key)
+            if node is not None and hasattr(node, "inputs") and node not in nodes:
+                nodes.append(node)
+        tb = tb.tb_next
+    if not nodes:
+        return ""
+    labels = [str(getattr(n, "name", n)).strip("<>") for n in nodes[:3]]
+    layer, queue, seen = None, list(nodes), set()
+    while queue and layer is None and len(seen) < 200:
+        node = queue.pop(0)
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        module = getattr(node, "module", None)
+        if isinstance(module, nn.Module) and module in names and names[module]:
+            layer = names[module]
+            break
+        queue.extend(getattr(node, "inputs", []))
+    where = f" after layer {layer}" if layer else ""
+    return (f" (at torch-pruning node(s) {', '.join(labels)}{where}: a reshape, split or concat "
+            "of the channel axis it cannot map, such as a channel shuffle)")
+
+
 def _is_depthwise(module: nn.Module) -> bool:
     return (isinstance(module, _ROOT_TYPES[:3]) and module.groups > 1
             and module.groups == module.in_channels == module.out_channels)
@@ -106,13 +162,20 @@ class ChannelGraph:
         tp = require_torch_pruning()
         self.model = model
         model.eval()
+        self._names = {module: name for name, module in model.named_modules()}
         try:
             self.dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         except Exception as exc:
             raise ModelError(f"torch-pruning cannot trace the student: {type(exc).__name__}: "
-                             f"{exc}") from exc
-        self._names = {module: name for name, module in model.named_modules()}
-        frozen = {id(sub) for layer in ignored for sub in layer.modules()}
+                             f"{exc}{_trace_culprit(exc, self._names)}. Ways out: "
+                             "'stages.prune.enabled: false' (keep every channel), or a student "
+                             "without that pattern") from exc
+        attention = attention_projections(model)
+        if attention:
+            logger.info("prune: %d attention projection(s) keep their channels (heads are not "
+                        "pruned; MLP hidden units and convs are): %s", len(attention),
+                        ", ".join(self._names.get(m, "?") for m in attention[:6]))
+        frozen = {id(sub) for layer in (*ignored, *attention) for sub in layer.modules()}
         self.groups: list[Group] = []
         self._members: dict[str, list] = {}
         for group in self.dg.get_all_groups(ignored_layers=[], root_module_types=_ROOT_TYPES):

@@ -1,6 +1,10 @@
 """edgecompress: teacher -> distilled student -> INT8 engines -> report and CI gate."""
 
+from edgecompress import _torchvision_fix
+
 __version__ = "0.1.0"
+
+_torchvision_fix.install()  # `import torchvision` works next to the CPU torch wheel (see module)
 
 __all__ = ["CompressResult", "__version__", "compress", "run_recipe"]
 

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+import edgecompress  # noqa: F401 - installs the torchvision import fix (transformers imports it)
+
 REPO = Path(__file__).resolve().parents[1]
 
 TINY_RECIPE: dict[str, Any] = {

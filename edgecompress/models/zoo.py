@@ -8,19 +8,10 @@ ever downloaded: torchvision and timm models are built with random weights (``we
 ``pretrained=False``) and take pretrained weights only from a local file (the recipe's
 ``weights``); Hugging Face directories load with ``local_files_only=True``.
 
-torchvision next to the CPU torch wheel
----------------------------------------
-torch 2.13.0's CPU wheel pairs with torchvision 0.28.0, whose only wheel on PyPI is a CUDA
-build: its C++ extension (``torchvision/_C.so``: NMS, RoIAlign, deformable conv, JPEG decoding)
-links ``libtorch_cuda.so`` and does not load. torchvision handles that for every op except two:
-its ``_meta_registrations`` registers fake kernels for ``torchvision::nms`` and ``::qnms``
-without checking, so ``import torchvision`` dies with ``operator torchvision::nms does not
-exist``. :func:`import_torchvision` defines those two schemas (no kernel) when, and only when,
-that exact failure happens, then imports again. Every model, transform and weight definition
-then works; calling ``torchvision.ops.nms`` raises torchvision's own "Couldn't load custom C++
-ops" error. Image classification needs none of those ops. The alternative, torch 2.14.1 with
-torchvision 0.29.1 (both CUDA builds), costs 5.5 GB in the venv instead of 39 MB (README
-"Model zoo").
+torchvision 0.28.0 (torch 2.13's pair) is a CUDA wheel whose C++ ops do not load next to the
+CPU torch wheel; :mod:`edgecompress._torchvision_fix` (installed by ``import edgecompress``) makes
+its import succeed without them. The alternative, torch 2.14.1 with torchvision 0.29.1 (both CUDA
+builds), costs 5.5 GB in the venv instead of 39 MB (README "Model zoo").
 """
 
 from __future__ import annotations
@@ -48,7 +39,6 @@ INSTALL = {
     "timm": "pip install 'edgecompress[zoo]'  (timm==1.0.29, torchvision==0.28.0)",
     "hf": "pip install 'edgecompress[text]'  (transformers)",
 }
-_SCHEMA_LIB: list[Any] = []  # keeps the torch.library fragment alive for the process
 
 
 @dataclass(frozen=True)
@@ -78,31 +68,11 @@ def parse_model_id(text: str) -> ModelId:
     return ModelId(source, name.strip())
 
 
-def _purge(package: str) -> None:
-    for key in [k for k in sys.modules if k == package or k.startswith(package + ".")]:
-        del sys.modules[key]
-
-
 def import_torchvision() -> Any:
-    """``import torchvision``, working around its CUDA wheel next to the CPU torch wheel.
+    """``import torchvision`` with the CPU-wheel import fix in place (see module docstring)."""
+    from edgecompress import _torchvision_fix
 
-    See the module docstring for why. Any other import failure propagates unchanged.
-    """
-    if "torchvision" in sys.modules:
-        return sys.modules["torchvision"]
-    try:
-        return importlib.import_module("torchvision")
-    except RuntimeError as exc:
-        if "torchvision::" not in str(exc) or "does not exist" not in str(exc):
-            raise
-        logger.info("torchvision's C++ ops did not load (%s); defining the nms/qnms schemas so "
-                    "the models import without them", exc)
-    _purge("torchvision")
-    lib = torch.library.Library("torchvision", "FRAGMENT")  # noqa: TOR901 - schemas only
-    for op in ("nms", "qnms"):
-        if not hasattr(torch.ops.torchvision, op):
-            lib.define(f"{op}(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _SCHEMA_LIB.append(lib)
+    _torchvision_fix.install()
     return importlib.import_module("torchvision")
 
 

@@ -67,7 +67,8 @@ def cli(quiet: bool, verbose: bool) -> None:
     """Compress a PyTorch model: teacher -> distilled student -> engines -> report and gate.
 
     Exit codes: 0 success, 1 gate failed (report written), 2 bad input, 3 a required runtime is
-    missing, 4 internal error (a bug: please report it).
+    missing, 4 internal error (a bug: please report it), 5 an exported model or engine disagrees
+    numerically with its PyTorch model (parity).
     """
     _setup_logging(quiet, verbose)
 

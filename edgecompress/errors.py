@@ -1,7 +1,8 @@
 """One small exception hierarchy; each error carries the process exit code the CLI returns.
 
 Exit codes are part of the CLI contract (see README): 0 success, 1 gate failed, 2 bad input,
-3 a required backend/runtime is missing on this machine.
+3 a required backend/runtime is missing on this machine, 4 internal error (a bug), 5 an exported
+artifact or engine disagrees numerically with the PyTorch model it came from.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ class ModelError(EdgeCompressError):
 
 
 class ParityError(EdgeCompressError):
-    """An exported artifact disagrees with the PyTorch model it came from."""
+    """An exported artifact disagrees with the PyTorch model it came from.
+
+    Not "bad input" (exit 2): the recipe, data and model were accepted; a backend computed
+    something else than the model it was exported from (a kernel's numerics, an exporter bug).
+    Its own exit code lets CI tell the two apart.
+    """
+
+    exit_code = 5
 
 
 class RunDirError(EdgeCompressError):

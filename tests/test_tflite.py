@@ -130,8 +130,14 @@ def test_ptq_int8_fully_integer_and_agrees_with_pytorch(ptq, digits, student):
 
     parity = check_tflite_parity(path, ref, digits.test.x)
     assert parity["top1_agreement"] == pytest.approx(agree)
-    with pytest.raises(ParityError, match="top-1 agreement"):
+    with pytest.raises(ParityError, match="top-1 agreement") as info:
         check_tflite_parity(path, -ref, digits.test.x)  # argmax flipped to argmin
+    assert info.value.exit_code == 5 and "not probed for .tflite" in str(info.value)
+    # The qat stage's criteria: the accuracy difference vs the PyTorch int8 model is reported.
+    parity = check_tflite_parity(path, ref, digits.test.x, min_top1_agreement=0.97,
+                                 y=digits.test.y, max_metric_diff_pp=2.0)
+    assert parity["metric_diff_pp"] == pytest.approx(100 * (acc_tfl - parity["reference_accuracy"]),
+                                                     abs=1e-3)
 
 
 def test_float_interface_keeps_integer_graph(ptq, digits, tmp_path):

@@ -87,12 +87,28 @@ def _quiet_exporter() -> Iterator[io.StringIO]:
             logger.debug("exporter output:\n%s", buf.getvalue())
 
 
+#: Per-node metadata kept in exported files: the PyTorch module path of each node (a short list
+#: of names such as ``['', 'stage2', 'stage2.0', 'stage2.0.conv1', 'conv2d_3']``, nothing about
+#: the build machine), so a parity failure can name the layer (:mod:`edgecompress.quant.
+#: parity_probe`). Engines built from the file drop it too (``onnx_passes.strip_metadata``).
+KEPT_NODE_METADATA = frozenset({"pkg.torch.onnx.name_scopes"})
+
+
+def _strip_node(node: Any) -> None:
+    kept = [(p.key, p.value) for p in node.metadata_props if p.key in KEPT_NODE_METADATA]
+    del node.metadata_props[:]  # stack traces with this machine's source paths, fx dumps
+    for key, value in kept:
+        entry = node.metadata_props.add()
+        entry.key, entry.value = key, value
+    node.doc_string = ""
+
+
 def _strip_graph(graph: Any) -> None:
-    """Drop doc strings and per-node metadata of ``graph`` and its subgraphs, in place."""
+    """Drop doc strings and per-node metadata (but module paths) of ``graph`` and its
+    subgraphs, in place."""
     graph.doc_string = ""
     for node in graph.node:
-        del node.metadata_props[:]  # stack traces with this machine's source paths, fx dumps
-        node.doc_string = ""
+        _strip_node(node)
         for attr in node.attribute:
             if attr.HasField("g"):
                 _strip_graph(attr.g)
@@ -105,15 +121,15 @@ def strip_build_details(model: Any) -> None:
 
     The dynamo exporter stores a Python stack trace (absolute paths of the source files, the
     user name in a home directory) and the FX node text on every node; an engine shipped to a
-    device or a customer should be the graph and the weights only.
+    device or a customer should be the graph and the weights only. Kept: each node's module
+    path (:data:`KEPT_NODE_METADATA`).
     """
     model.doc_string = ""
     _strip_graph(model.graph)
     for function in model.functions:
         function.doc_string = ""
         for node in function.node:
-            del node.metadata_props[:]
-            node.doc_string = ""
+            _strip_node(node)
         del function.metadata_props[:]
 
 

@@ -348,36 +348,45 @@ def set_float_io(path: str | Path, *, inputs: bool = True, outputs: bool = True)
 # Parity with the PyTorch model
 
 
+#: Why the ``.tflite`` parity failure names no layer (see :func:`check_tflite_parity`).
+NO_TFLITE_PROBE = (
+    "first diverging layer: not probed for .tflite (the engine runs under the XNNPACK delegate, "
+    "whose fused subgraphs keep no intermediate tensors, and the converter's tensor names do "
+    "not map back to the PyTorch quantizers; ONNX int8 models get a per-layer probe)")
+
+
 def check_tflite_parity(path: str | Path, reference: Any, x: Any, *,
                         min_top1_agreement: float = 0.99, atol: float | None = None,
-                        threads: int = 1) -> dict[str, Any]:
+                        threads: int = 1, y: Any | None = None,
+                        max_metric_diff_pp: float | None = None,
+                        rtol: float | None = None) -> dict[str, Any]:
     """Run ``x`` through the ``.tflite`` (backend runner) and compare with ``reference`` logits.
 
     ``reference`` is the PyTorch model's logits on ``x`` (the float student for FP32 files, the
     converted int8 model for INT8 ones). An int8 interface quantizes the logits, so ``atol``
-    (if given) must allow about one output scale step; top-1 agreement is the main criterion.
+    (if given) must allow about one output scale step; top-1 agreement is the main criterion,
+    with the accuracy difference on labels ``y`` (``max_metric_diff_pp``) and ``rtol`` as in
+    :func:`~edgecompress.export.int8_parity.judge_int8_parity`.
 
     Returns:
-        ``ParityResult.to_dict()`` when every check passes.
+        The parity record when every check passes.
 
     Raises:
-        ParityError: Agreement below the minimum, or max |diff| above ``atol``; both listed.
+        ParityError: A criterion failed; every one is listed with its numbers.
     """
     import numpy as np
 
     from edgecompress.backends import get_backend
     from edgecompress.errors import ParityError
-    from edgecompress.export.onnx import compare_logits
+    from edgecompress.export.int8_parity import judge_int8_parity, parity_message
 
     with get_backend("tflite").load(Path(path), threads=threads) as runner:
         got = runner.run(np.asarray(x, dtype=np.float32))
-    result = compare_logits(np.asarray(reference), got)
-    failures = []
-    if not result.top1_agreement >= min_top1_agreement:
-        failures.append(f"top-1 agreement {result.top1_agreement:.4f} < {min_top1_agreement}")
-    if atol is not None and not result.max_abs_diff <= atol:
-        failures.append(f"max abs diff {result.max_abs_diff:.4g} > atol {atol:g}")
+    record, failures = judge_int8_parity(np.asarray(reference), got, y,
+                                         min_top1_agreement=min_top1_agreement,
+                                         max_metric_diff_pp=max_metric_diff_pp, rtol=rtol)
+    if atol is not None and not record["max_abs_diff"] <= atol:
+        failures.append(f"max abs diff {record['max_abs_diff']:.4g} > atol {atol:g}")
     if failures:
-        raise ParityError(f"{Path(path).name} disagrees with PyTorch on {result.samples} "
-                          f"samples: " + "; ".join(failures))
-    return result.to_dict()
+        raise ParityError(parity_message(Path(path).name, record, failures, NO_TFLITE_PROBE))
+    return record

@@ -199,13 +199,14 @@ class QatStage(Stage):
                 np.save(fh, logits)
         preset.export(converted, example, out)
         if out.suffix == ".onnx":
-            result["parity"] = _check_onnx(out, logits, bundle.test.x, cfg.rtol,
-                                           cfg.min_top1_agreement)
+            result["parity"] = _check_onnx(out, logits, bundle.test.x, bundle.test.y, cfg,
+                                           converted)
         elif out.suffix == ".tflite":
             from edgecompress.export.tflite import check_tflite_parity
 
-            result["parity"] = check_tflite_parity(out, logits, bundle.test.x,
-                                                   min_top1_agreement=cfg.min_top1_agreement)
+            result["parity"] = check_tflite_parity(
+                out, logits, bundle.test.x, min_top1_agreement=cfg.min_top1_agreement,
+                y=bundle.test.y, max_metric_diff_pp=cfg.max_metric_diff_pp, rtol=cfg.rtol)
         if name == "tensorrt":
             # TensorRT cannot run here; its rules can be checked on the CPU (raises ModelError
             # listing every finding: our own export breaking them is a bug, never shipped).
@@ -299,38 +300,56 @@ def _acc(logits: np.ndarray, y: np.ndarray) -> float:
     return float((logits.argmax(1) == y).mean()) if len(y) else 0.0
 
 
-def _check_onnx(path: Path, reference: np.ndarray, x: np.ndarray, rtol: float,
-                min_top1: float) -> dict[str, Any]:
-    """The exported QDQ model (plain ORT session) must reproduce the PyTorch int8 logits.
+#: Evaluation samples the per-layer probe runs (the ones whose prediction changed first).
+PROBE_SAMPLES = 32
+
+
+def _probe_samples(reference: np.ndarray, candidate: np.ndarray, x: np.ndarray) -> np.ndarray:
+    flipped = np.flatnonzero(reference.argmax(1) != candidate.argmax(1))
+    rest = np.setdiff1d(np.arange(len(x)), flipped)
+    return x[np.concatenate([flipped, rest])[:PROBE_SAMPLES]]
+
+
+def _check_onnx(path: Path, reference: np.ndarray, x: np.ndarray, y: np.ndarray | None,
+                cfg: Any, converted: nn.Module | None = None) -> dict[str, Any]:
+    """The exported QDQ model, as ORT runs it on this CPU, must reproduce the PyTorch int8 model.
+
+    Criteria (:func:`~edgecompress.export.int8_parity.judge_int8_parity`): top-1 agreement and
+    the accuracy difference on the evaluation split, plus max |diff| if ``cfg.rtol`` is set. On
+    failure the per-layer probe (:mod:`edgecompress.quant.parity_probe`) names the first layer
+    where the engine diverges.
 
     Raises:
-        ParityError: Top-1 agreement or max abs difference out of bounds.
+        ParityError: A criterion failed; the message lists every number, the first diverging
+            layer and the recipe keys that relax the check.
     """
     import onnxruntime as ort
 
-    from edgecompress.export.onnx import compare_logits
-    from edgecompress.isa import cpu_info
-    from edgecompress.quant.onnx_passes import load, rewrite_wide_int8_weights_to_uint8
+    from edgecompress.export.int8_parity import judge_int8_parity, parity_message
+    from edgecompress.quant.parity_probe import engine_model, first_divergence
 
+    model, rewritten = engine_model(path)
     so = ort.SessionOptions()
     so.log_severity_level = 3
-    source: str | bytes = str(path)
-    if cpu_info().int8_saturates:
-        # As the ORT engine does on this CPU: full-range weights (tensorrt preset) get exact
-        # u8 x u8 kernels, else the check would blame the model for the CPU's saturation.
-        model = load(path)
-        if rewrite_wide_int8_weights_to_uint8(model):
-            source = model.SerializeToString()
-    sess = ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     out = np.concatenate([sess.run(None, {name: x[i:i + 256]})[0]
                           for i in range(0, len(x), 256)])
-    parity = compare_logits(reference, out)
-    limit = rtol * float(np.max(np.abs(reference)))
-    if parity.top1_agreement < min_top1 or not parity.max_abs_diff <= limit:
-        raise ParityError(f"{path}: the exported int8 model differs from the PyTorch int8 model "
-                          f"(top-1 agreement {parity.top1_agreement:.4f}, need >= {min_top1}; "
-                          f"max abs diff {parity.max_abs_diff:.3g}, allowed {limit:.3g} = "
-                          f"{rtol} x max |logit|)")
-    return parity.to_dict()
-
+    record, failures = judge_int8_parity(
+        reference, out, y, min_top1_agreement=cfg.min_top1_agreement,
+        max_metric_diff_pp=cfg.max_metric_diff_pp, rtol=cfg.rtol)
+    record["uint8_weight_rewrites"] = rewritten
+    if failures:
+        try:
+            found = first_divergence(model, _probe_samples(reference, out, x), converted)
+            layer = found.describe() if found else (
+                "first diverging layer: none found (no int8 activation differs by more than 2 "
+                f"steps on the {min(len(x), PROBE_SAMPLES)} probed samples; the difference "
+                "arises after the last quantizer)")
+        except Exception as exc:  # the probe only explains; the failure stands without it
+            logger.warning("per-layer parity probe failed: %s", exc)
+            layer = f"first diverging layer: unknown (the per-layer probe failed: {exc})"
+        raise ParityError(parity_message(f"{path}: the exported int8 model", record, failures,
+                                         layer))
+    return record

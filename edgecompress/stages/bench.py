@@ -163,7 +163,12 @@ def prepare_target(ctx: Context, target: TargetConfig,
         entry["quant_preset"] = preset
     adb_profile = _adb_profile(target)
     builder = remote or backend  # remote: built here, or staged for a build on the device
-    student_art = builder.build(source, engine_dir, precision=target.precision)
+    options: dict[str, Any] = {}
+    if target.backend == "tflite" and target.precision == "int8":
+        # Float islands the converter left (the qat stage logged them) are reported in the
+        # engine's fp32_nodes; gate.no_fp32_fallback decides whether they may ship.
+        options["allow_float_ops"] = True
+    student_art = builder.build(source, engine_dir, precision=target.precision, **options)
     suffix = backend.capabilities.artifact_suffixes[0]  # .onnx, or .tflite for TFLite
     teacher_art = builder.build(export_dir / f"teacher{suffix}", engine_dir / "teacher",
                                 precision="fp32")

@@ -229,8 +229,11 @@ def uniform_plan(groups: list[GroupPlanInput], cost: Callable[[Mapping[str, int]
     costs at most ``target``.
 
     The fraction is found by bisection (the cost grows with it). Rounding to ``round_to`` makes
-    the cost a step function, so on small models the plan may land below the window (logged);
-    it is above ``target`` only when every group is at its floor.
+    the cost a step function, and on small models the next step up can jump over the whole
+    window; then single ``round_to`` blocks are given back, each to the group thinned most
+    relative to its original size, while the cost stays within ``target``, so the groups stay
+    within one block of the common fraction. The plan is above ``target`` only when every group
+    is at its floor, below the window only when no block can be given back (both logged).
     """
     low, high = 0.0, 1.0
     if cost(_uniform_keep(groups, high, round_to)) <= target:
@@ -243,12 +246,26 @@ def uniform_plan(groups: list[GroupPlanInput], cost: Callable[[Mapping[str, int]
             high = mid
     plan = _uniform_keep(groups, low, round_to)
     value = cost(plan)
+    lower = (1.0 - tolerance) * target
+    while lower > value:
+        fits = []
+        for g in groups:
+            grown = min(g.channels, plan[g.name] + round_to)
+            if grown > plan[g.name]:
+                trial = {**plan, g.name: grown}
+                if cost(trial) <= target:
+                    fits.append((plan[g.name] / g.original, g.name, grown))
+        if not fits:
+            break
+        _, name, grown = min(fits)
+        plan[name] = grown
+        value = cost(plan)
     if value > target:
         logger.warning("budget %.0f unreachable: every group is at its floor (%.0f)", target,
                        value)
-    elif value < (1.0 - tolerance) * target:
+    elif value < lower:
         logger.warning("uniform plan (keep %.3f) lands below the budget window: %.0f < %.0f "
-                       "(round_to steps are coarse here)", low, value, (1 - tolerance) * target)
+                       "(round_to steps are coarse here)", low, value, lower)
     return plan
 
 

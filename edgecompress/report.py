@@ -115,6 +115,22 @@ def _models_section(report: dict[str, Any]) -> list[str]:
         summary += (f" Distillation gain over the hard-label baseline: "
                     f"{s['distillation_gain_pp']:+.2f} pp.")
     lines += ["", summary, ""]
+    if prune.get("enabled") and prune.get("channels"):
+        lines += _channels_table(prune)
+    return lines
+
+
+def _channels_table(prune: dict[str, Any]) -> list[str]:
+    """Channels kept per pruned group (the unchanged groups are only counted)."""
+    channels = prune["channels"]
+    changed = {name: pair for name, pair in channels.items() if pair[0] != pair[1]}
+    lines = [f"Pruning ({prune.get('plan', '?')} plan, {prune.get('importance', '?')} importance): "
+             f"{len(changed)} of {len(channels)} channel groups thinned.", ""]
+    if changed:
+        lines += ["| group | channels | kept |", "|---|---:|---:|"]
+        lines += [f"| {name} | {before} -> {after} | {after / before:.0%} |"
+                  for name, (before, after) in changed.items()]
+        lines.append("")
     return lines
 
 

@@ -183,6 +183,13 @@ def test_pipeline_with_pruning_reports_the_pruned_student(write_recipe, tmp_path
     assert metrics["steps"][0]["params_ratio"] <= 0.8
     assert 0.54 <= metrics["params_ratio"] <= 0.6 and metrics["within_tolerance"]
     assert metrics["reload_max_abs_diff"] <= 1e-4
+    assert metrics["plan"] == recipe.stages.prune.plan
+    channels = metrics["channels"]  # every group: [original, kept]
+    assert all(0 < kept <= original for original, kept in channels.values())
+    assert metrics["groups_changed"] == sum(o != k for o, k in channels.values()) > 0
+    changed = {name for step in metrics["steps"] for name in step["groups"]}
+    assert changed == {name for name, (o, k) in channels.items() if o != k}
+    assert "channel groups thinned" in (out / "report.md").read_text()
     report = json.loads((out / "report.json").read_text())
     assert report["student"]["params"] == metrics["params_after"] < metrics["params_before"]
     assert report["student"]["macs"] == metrics["macs_after"]

@@ -18,9 +18,11 @@ from edgecompress.errors import ConfigError
 from edgecompress.models import count_macs, count_params, find_head
 from edgecompress.prune.budget import (
     BUDGET_TOLERANCE,
+    PLANS,
     GroupPlanInput,
-    budget_plan,
     floor_plan,
+    global_ratio_plan,
+    make_plan,
     ratio_plan,
 )
 from edgecompress.prune.graph import ChannelGraph
@@ -80,10 +82,17 @@ class StructuredPruner:
         importance: A torch-pruning estimator (see :mod:`edgecompress.prune.importance`).
         round_to: Channel counts stay multiples of this.
         ignored_layers: Dotted names never to lose output channels (the head is added).
+        plan: How the target is shared between groups, one of
+            :data:`~edgecompress.prune.budget.PLANS` (see :mod:`edgecompress.prune.budget`).
     """
 
     def __init__(self, model: nn.Module, example: torch.Tensor, *, target: PruneTarget,
-                 importance: Any, round_to: int, ignored_layers: list[str]) -> None:
+                 importance: Any, round_to: int, ignored_layers: list[str],
+                 plan: str = "greedy") -> None:
+        if plan not in PLANS:
+            raise ConfigError(f"stages.prune.plan: unknown plan {plan!r}; choose one of "
+                              f"{', '.join(PLANS)}")
+        self.plan = plan
         self.model = model
         self.example = example.detach().cpu()[:1]
         self.target = target
@@ -94,6 +103,7 @@ class StructuredPruner:
         self.original = {"macs": count_macs(model, shape), "params": count_params(model)}
         graph = ChannelGraph(model.cpu(), self.example, self._ignored(), importance=None)
         self.original_channels = graph.channels()
+        self._channels_now = dict(self.original_channels)
 
     def _ignored(self) -> list[nn.Module]:
         return resolve_layers(self.model, self.ignored_names)
@@ -113,8 +123,10 @@ class StructuredPruner:
         if self.target.is_budget:
             index = _BUDGET_METRIC[self.target.key]
             base = self.original["macs" if index == 0 else "params"]
-            plan = budget_plan(groups, lambda keep: graph.cost.estimate(keep)[index],
-                               goal * base, self.round_to)
+            plan = make_plan(self.plan, groups, lambda keep: graph.cost.estimate(keep)[index],
+                             goal * base, self.round_to)
+        elif self.plan == "global":
+            plan = global_ratio_plan(groups, goal, self.round_to)
         else:
             plan = ratio_plan(groups, goal, self.round_to)
         before = graph.channels()
@@ -124,15 +136,22 @@ class StructuredPruner:
         macs, params = count_macs(self.model, shape), count_params(self.model)
         changed = {name: [before[name], plan[name]] for name in before
                    if plan[name] != before[name]}
-        logger.info("prune step %d/%d (%s %.3f): MACs %d -> %d, params %d, %d groups changed",
-                    step, steps, self.target.key, goal, self.original["macs"], macs, params,
-                    len(changed))
+        logger.info("prune step %d/%d (%s %.3f, %s plan): MACs %d -> %d, params %d, %d groups "
+                    "changed", step, steps, self.target.key, goal, self.plan,
+                    self.original["macs"], macs, params, len(changed))
+        self._channels_now.update(plan)
         return {"step": step, "goal": round(goal, 6), "macs": macs, "params": params,
                 "macs_ratio": macs / self.original["macs"],
                 "params_ratio": params / self.original["params"], "groups": changed}
 
+    def channels(self) -> dict[str, list[int]]:
+        """Every prunable group's channels: ``{name: [original, kept]}`` (unpruned ones too)."""
+        return {name: [original, self._channels_now.get(name, original)]
+                for name, original in self.original_channels.items()}
+
     def summary(self) -> dict[str, Any]:
-        """Final size vs the original, and whether a budget landed inside its window."""
+        """Final size vs the original, per-group channels, and whether a budget landed inside
+        its window."""
         shape = tuple(self.example.shape[1:])
         macs, params = count_macs(self.model, shape), count_params(self.model)
         out: dict[str, Any] = {
@@ -141,6 +160,10 @@ class StructuredPruner:
             "params_ratio": params / self.original["params"],
             "macs_ratio": macs / self.original["macs"],
             "target": {self.target.key: self.target.value},
+            "plan": self.plan,
+            "channels": self.channels(),
+            "groups_changed": sum(kept != original for original, kept in
+                                  self.channels().values()),
         }
         if self.target.is_budget:
             achieved = out["macs_ratio" if self.target.key == "target_macs_ratio"

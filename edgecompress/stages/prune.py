@@ -111,7 +111,8 @@ class PruneStage(Stage):
         pruner = StructuredPruner(student, torch.from_numpy(bundle.train.x[:1]),
                                   target=prune_target(cfg),
                                   importance=make_importance(cfg.importance),
-                                  round_to=cfg.round_to, ignored_layers=cfg.ignored_layers)
+                                  round_to=cfg.round_to, ignored_layers=cfg.ignored_layers,
+                                  plan=cfg.plan)
         history = []
         for step in range(1, cfg.steps + 1):
             if cfg.importance == "taylor":

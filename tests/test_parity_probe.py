@@ -157,3 +157,21 @@ def test_parity_error_has_its_own_exit_code():
     codes = {cls.exit_code for cls in EdgeCompressError.__subclasses__() if cls is not ParityError}
     assert ParityError.exit_code == 5 and 5 not in codes
     assert ParityError("x").exit_code == 5
+
+
+def test_near_ties_do_not_count_as_disagreement() -> None:
+    """A collapsed model (near-constant logits) flips on rounding noise: not a divergence;
+    the same flips on decisive samples are."""
+    rng = np.random.default_rng(0)
+    flat = 2.0 + 0.001 * rng.standard_normal((200, 10))  # every margin far below 2% of 2.0
+    noisy = flat + 0.01 * rng.standard_normal(flat.shape)
+    record, failures = judge_int8_parity(flat, noisy, None, min_top1_agreement=0.97,
+                                         max_metric_diff_pp=None)
+    assert record["top1_agreement"] < 0.5 and record["near_ties"] == 200
+    assert record["top1_agreement_decisive"] == 1.0 and failures == []
+    decisive = rng.standard_normal((200, 10)) * 3.0
+    broken = rng.standard_normal((200, 10)) * 3.0  # a broken export: unrelated logits
+    record, failures = judge_int8_parity(decisive, broken, None, min_top1_agreement=0.97,
+                                         max_metric_diff_pp=None)
+    assert record["top1_agreement_decisive"] < 0.5 and record["near_ties"] < 20
+    assert failures and "decisive samples" in failures[0]

@@ -136,31 +136,37 @@ def test_broken_package_is_exit_3_naming_the_cause(tmp_path) -> None:
 
 #: Four architectures covering residual adds (resnet18), hardswish + squeeze-excite + depthwise
 #: (mobilenet_v3_small), a 1x1-conv classifier and concat (squeezenet1_1) and attention with
-#: LayerNorm/GELU (a timm DeiT at 16x16, 4x4 patches). benchmarks/zoo.py runs the full matrix.
+#: LayerNorm/GELU (a timm DeiT, 8x8 patches). benchmarks/zoo.py runs the full matrix.
+#: The flag says whether the case also builds a TFLite int8 engine (conversion is the slow part).
 ZOO_CASES = {
-    "resnet18": ("torchvision:resnet18", {}),
-    "mobilenet_v3_small": ("torchvision:mobilenet_v3_small", {}),
-    "squeezenet1_1": ("torchvision:squeezenet1_1", {}),
-    "deit_tiny": ("timm:deit_tiny_patch16_224", {"img_size": 16, "patch_size": 4}),
+    "resnet18": ("torchvision:resnet18", {}, True),
+    "mobilenet_v3_small": ("torchvision:mobilenet_v3_small", {}, True),
+    "squeezenet1_1": ("torchvision:squeezenet1_1", {}, False),
+    "deit_tiny": ("timm:deit_tiny_patch16_224", {"img_size": 32, "patch_size": 8}, False),
 }
 
 
 @pytest.fixture(scope="module")
 def rgb_digits(tmp_path_factory):
-    """scikit-learn's digits as 3x16x16 images (what zoo models take), written as npz."""
+    """scikit-learn's digits as 3x32x32 images (SqueezeNet needs >= 32 px), written as npz."""
     import numpy as np
     import torch.nn.functional as F
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     x = torch.from_numpy(digits.images.astype(np.float32) / 16.0)[:, None]
-    x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
-    path = tmp_path_factory.mktemp("zoo") / "digits_rgb16.npz"
+    x = F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False).repeat(1, 3, 1, 1)
+    path = tmp_path_factory.mktemp("zoo") / "digits_rgb32.npz"
     np.savez(path, x=x.numpy(), y=digits.target.astype(np.int64))
     return path
 
 
-def _zoo_run_recipe(data, student: str, kwargs: dict) -> dict:
+def _zoo_run_recipe(data, student: str, kwargs: dict, tflite: bool = True) -> dict:
+    targets = [{"backend": "onnxruntime", "precision": "int8", "threads": 1, "warmup": 2,
+                "runs": 50}]
+    if tflite:
+        targets.append({"backend": "tflite", "precision": "int8", "threads": 1, "warmup": 2,
+                        "runs": 50})
     return {
         "version": 1, "name": "zoo", "seed": 0, "device": "cpu",
         "data": {"source": "npz", "path": str(data), "train_limit": 160, "eval_limit": 60,
@@ -171,20 +177,18 @@ def _zoo_run_recipe(data, student: str, kwargs: dict) -> dict:
                    "prune": {"enabled": True, "target_macs_ratio": 0.6, "steps": 1,
                              "recovery_epochs": 1},
                    "qat": {"enabled": True, "mode": "ptq"}},
-        "targets": [
-            {"backend": "onnxruntime", "precision": "int8", "threads": 1, "warmup": 2,
-             "runs": 50},
-            {"backend": "tflite", "precision": "int8", "threads": 1, "warmup": 2, "runs": 50}],
+        "targets": targets,
     }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(ZOO_CASES))
 def test_zoo_student_whole_path(case, rgb_digits, tmp_path) -> None:
-    pytest.importorskip("litert_torch")
-    student, kwargs = ZOO_CASES[case]
+    student, kwargs, tflite = ZOO_CASES[case]
+    if tflite:
+        pytest.importorskip("litert_torch")
     recipe = tmp_path / "zoo.yaml"
-    recipe.write_text(yaml.safe_dump(_zoo_run_recipe(rgb_digits, student, kwargs)))
+    recipe.write_text(yaml.safe_dump(_zoo_run_recipe(rgb_digits, student, kwargs, tflite)))
     result = run_cli("run", str(recipe), "--out", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr[-3000:]
     import json
@@ -196,16 +200,17 @@ def test_zoo_student_whole_path(case, rgb_digits, tmp_path) -> None:
     targets = {t["backend"]: t for t in report["targets"]}
     assert {t["status"] for t in targets.values()} == {"ok"}
     assert sum(targets["onnxruntime"]["int8_kernels"].values()) > 0
-    assert sum(targets["tflite"]["int8_kernels"].values()) > 0
+    if tflite:
+        assert sum(targets["tflite"]["int8_kernels"].values()) > 0
     for name, preset in report["quantization"]["presets"].items():
-        assert preset["parity"]["top1_agreement"] >= 0.9, (name, preset["parity"])
+        assert preset["parity"]["top1_agreement_decisive"] >= 0.97, (name, preset["parity"])
     if case == "resnet18":  # torchvision's in-place residual adds are int8 on TFLite too
         assert targets["tflite"]["fp32_nodes"] == []
         assert targets["tflite"]["int8_kernels"].get("ADD", 0) == 8
 
 
 def test_untraceable_student_refused_before_training(rgb_digits, tmp_path) -> None:
-    spec = _zoo_run_recipe(rgb_digits, "torchvision:shufflenet_v2_x0_5", {})
+    spec = _zoo_run_recipe(rgb_digits, "torchvision:shufflenet_v2_x0_5", {}, tflite=False)
     recipe = tmp_path / "zoo.yaml"
     recipe.write_text(yaml.safe_dump(spec))
     code, out = run_main("run", recipe, "--out", tmp_path / "run")

@@ -106,6 +106,7 @@ def run_lint(run: Path) -> dict[str, Any]:
     """PTQ the pruned student (``prune/student.pt2``) with the tensorrt preset, export, lint."""
     import torch
 
+    from edgecompress.prune.artifact import load_pruned
     from edgecompress.quant.presets import get_preset
     from edgecompress.quant.trt_lint import lint_tensorrt as lint
 
@@ -115,7 +116,7 @@ def run_lint(run: Path) -> dict[str, Any]:
     data = np.load(run.parent / "data.npz")
     x = torch.from_numpy(data["x"][:64])
     try:
-        model = torch.export.load(str(pruned)).module()
+        model = load_pruned(pruned)
         preset = get_preset("tensorrt")
         prepared = preset.prepare(model, x[:2], qat=False)
         with torch.no_grad():

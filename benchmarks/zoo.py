@@ -64,7 +64,8 @@ def make_data(path: Path, size: int) -> None:
 
 
 def recipe(name: str, student: tuple[str, dict], teacher: tuple[str, dict], data: Path,
-           teacher_weights: Path | None, mode: str, epochs: int) -> dict[str, Any]:
+           teacher_weights: Path | None, mode: str, epochs: int,
+           prune: bool = True) -> dict[str, Any]:
     teacher_spec: dict[str, Any] = {"id": teacher[0], "kwargs": teacher[1]}
     if teacher_weights is not None:
         teacher_spec["weights"] = str(teacher_weights)
@@ -77,7 +78,7 @@ def recipe(name: str, student: tuple[str, dict], teacher: tuple[str, dict], data
         "stages": {
             "finetune": {"enabled": teacher_weights is None, "epochs": epochs},
             "distill": {"epochs": epochs, "baseline": False},
-            "prune": {"enabled": True, "target_macs_ratio": 0.5, "steps": 1,
+            "prune": {"enabled": prune, "target_macs_ratio": 0.5, "steps": 1,
                       "recovery_epochs": 1},
             "qat": {"enabled": True, "mode": mode, "epochs": 1},
         },
@@ -161,8 +162,12 @@ def summarize(run: Path, rc: int, log: str, seconds: float) -> dict[str, Any]:
     return row
 
 
+def _run_name(name: str) -> str:
+    return name.replace(" ", "_").replace("<-", "from").replace("(", "").replace(")", "")
+
+
 def run_row(name: str, spec: dict[str, Any], work: Path, timeout: int) -> dict[str, Any]:
-    run = work / name.replace(" ", "_").replace("<-", "from").replace("(", "").replace(")", "")
+    run = work / _run_name(name)
     recipe_file = run.with_suffix(".yaml")
     recipe_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     start = time.perf_counter()
@@ -225,6 +230,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated row names")
     parser.add_argument("--qat", default="resnet18,mobilenet_v3_small",
                         help="rows also run with mode qat (comma-separated)")
+    parser.add_argument("--no-prune", default="shufflenet_v2_x1_0",
+                        help="rows also run with stages.prune.enabled: false (the way out "
+                        "their refusal names)")
+    parser.add_argument("--append", action="store_true",
+                        help="merge the rows into an existing --json instead of replacing it")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--timeout", type=int, default=900)
@@ -237,25 +247,31 @@ def main() -> None:
     qat_rows = {s.strip() for s in args.qat.split(",") if s.strip()}
 
     rows: dict[str, dict[str, Any]] = {}
-    teacher_weights: Path | None = None
+    first = args.work / _run_name(STUDENTS[0][0]) / "finetune" / "teacher.pt"
+    teacher_weights: Path | None = first.resolve() if first.is_file() else None
+    no_prune = {s.strip() for s in args.no_prune.split(",") if s.strip()}
     plan = [(n, (i, k), TEACHER, "ptq") for n, i, k in STUDENTS]
     plan += [(f"{n} (qat)", (i, k), TEACHER, "qat") for n, i, k in STUDENTS if n in qat_rows]
+    plan += [(f"{n} (no prune)", (i, k), TEACHER, "ptq") for n, i, k in STUDENTS
+             if n in no_prune]
     plan.append((VIT_TEACHER_ROW[0], (VIT_TEACHER_ROW[1], VIT_TEACHER_ROW[2]),
                  VIT_TEACHER_ROW[3], "ptq"))
     for name, student, teacher, mode in plan:
         if only and name.split(" (")[0] not in only and name not in only:
             continue
         weights = teacher_weights if teacher == TEACHER else None
-        spec = recipe(name, student, teacher, data, weights, mode, args.epochs)
+        spec = recipe(name, student, teacher, data, weights, mode, args.epochs,
+                      prune=not name.endswith("(no prune)"))
         print(f"== {name} ({mode})", flush=True)
         row = run_row(name, spec, args.work, args.timeout)
         rows[name] = row
         print(json.dumps({k: row.get(k) for k in ("status", "when", "reason", "seconds")}),
               flush=True)
-        if teacher == TEACHER and teacher_weights is None and row["stages_done"][:2] == [
-                "data", "finetune"]:
-            run = args.work / name
-            teacher_weights = (run / "finetune" / "teacher.pt").resolve()
+        trained = args.work / _run_name(name) / "finetune" / "teacher.pt"
+        if teacher == TEACHER and teacher_weights is None and trained.is_file():
+            teacher_weights = trained.resolve()
+    if args.append and args.json and args.json.is_file():
+        rows = {**json.loads(args.json.read_text())["rows"], **rows}
     table = markdown(rows)
     print(table)
     from edgecompress.environment import cpu_description

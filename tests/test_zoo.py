@@ -218,3 +218,26 @@ def test_untraceable_student_refused_before_training(rgb_digits, tmp_path) -> No
     assert "torch-pruning cannot trace the student" in out and "channel shuffle" in out
     assert "stages.prune.enabled: false" in out
     assert not (tmp_path / "run").exists()
+
+
+def test_convnext_prunes_and_rebuilds_before_training() -> None:
+    """LayerNorm2d and ConvNeXt's bare layer_scale tensors follow the pruned channels."""
+    from edgecompress.prune.pruner import PruneTarget
+    from edgecompress.recipe import PruneConfig
+    from edgecompress.stages.prune import _dry_run
+
+    model = build_zoo_model("torchvision:convnext_tiny", num_classes=10).eval()
+    _dry_run(model, torch.randn(1, 3, 32, 32), PruneTarget("target_macs_ratio", 0.5),
+             PruneConfig(enabled=True, target_macs_ratio=0.5))
+
+
+def test_rebuild_check_refuses_a_model_that_computes_something_else() -> None:
+    from edgecompress.prune.rebuild import check_rebuild
+
+    torch.manual_seed(0)
+    pruned = torch.nn.Linear(4, 3)
+    check_rebuild(pruned, pruned, torch.randn(2, 4))
+    with pytest.raises(ModelError, match="differs from the pruned one.*ignored_layers"):
+        check_rebuild(torch.nn.Linear(4, 3), pruned, torch.randn(2, 4))
+    with pytest.raises(ModelError, match="the resized model fails"):
+        check_rebuild(torch.nn.Linear(5, 3), pruned, torch.randn(2, 4))

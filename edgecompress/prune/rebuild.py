@@ -4,8 +4,12 @@ The ``.pt2`` program is what ships (it reloads without the model class), but QAT
 student as an ordinary module in training mode so that PT2E can fuse Conv+BatchNorm for
 quantization-aware training; a ``torch.export`` program has BatchNorm frozen into its inference
 form. Pruning only changes channel counts, so the unpruned architecture (which the recipe can
-build) resized to the saved tensors' shapes *is* the pruned model. Only plain Conv/BatchNorm/
-Linear layers are resized; anything else whose shape changed is an error, never a guess.
+build) resized to the saved tensors' shapes *is* the pruned model. Conv, Linear, BatchNorm,
+LayerNorm (torchvision's LayerNorm2d too) and GroupNorm get their size attributes updated; a
+bare parameter or buffer of any other module (ConvNeXt's ``layer_scale``, a ViT's ``cls_token``
+or ``pos_embed``) is resized to its saved shape, since such modules read the tensor, not a size
+attribute. :func:`check_rebuild` then compares the rebuilt module with the pruned one on a
+sample, so a module that also keeps a size attribute fails loudly instead of computing garbage.
 """
 
 from __future__ import annotations
@@ -46,13 +50,21 @@ def rebuild_pruned(model: nn.Module, state: dict) -> nn.Module:
             mod.out_features, mod.in_features = int(weight.shape[0]), int(weight.shape[1])
         elif isinstance(mod, (nn.BatchNorm1d, nn.BatchNorm2d)):
             mod.num_features = int(weight.shape[0])
-        else:
-            continue
-        for key, _ in list(mod.named_parameters(recurse=False)):
-            setattr(mod, key, nn.Parameter(torch.empty_like(state[f"{prefix}{key}"])))
-        for key, _ in list(mod.named_buffers(recurse=False)):
-            if f"{prefix}{key}" in state:
-                mod.register_buffer(key, torch.empty_like(state[f"{prefix}{key}"]))
+        elif isinstance(mod, nn.LayerNorm):
+            mod.normalized_shape = tuple(int(d) for d in weight.shape)
+        elif isinstance(mod, nn.GroupNorm):
+            mod.num_channels = int(weight.shape[0])
+    for name, mod in model.named_modules():  # every tensor to its saved shape
+        prefix = f"{name}." if name else ""
+        for key, param in list(mod.named_parameters(recurse=False)):
+            saved = state.get(f"{prefix}{key}")
+            if saved is not None and saved.shape != param.shape:
+                setattr(mod, key, nn.Parameter(torch.empty_like(saved),
+                                               requires_grad=param.requires_grad))
+        for key, buf in list(mod.named_buffers(recurse=False)):
+            saved = state.get(f"{prefix}{key}")
+            if saved is not None and buf is not None and saved.shape != buf.shape:
+                mod.register_buffer(key, torch.empty_like(saved))
     own = model.state_dict()
     for key, value in state.items():
         if key in own and own[key].shape != value.shape:
@@ -64,3 +76,29 @@ def rebuild_pruned(model: nn.Module, state: dict) -> nn.Module:
     except RuntimeError as err:
         raise ModelError(f"cannot rebuild the pruned student: {err}") from None
     return model.eval()
+
+
+def check_rebuild(rebuilt: nn.Module, pruned: nn.Module, sample) -> None:
+    """The rebuilt module must compute what the pruned one computes (eval mode, one sample).
+
+    Raises:
+        ModelError: The outputs differ (a module kept a size attribute the rebuild did not
+            update), naming the largest difference.
+    """
+    import torch
+
+    with torch.no_grad():
+        rebuilt.eval()
+        pruned.eval()
+        try:
+            got = rebuilt(sample)
+        except Exception as err:  # noqa: BLE001 - any failure means the rebuild is wrong
+            raise ModelError(f"cannot rebuild the pruned student: the resized model fails: "
+                             f"{type(err).__name__}: {err}") from None
+        want = pruned(sample)
+    diff = float((got - want).abs().max())
+    if not diff <= 1e-4 * max(1.0, float(want.abs().max())):
+        raise ModelError(f"cannot rebuild the pruned student: the resized model differs from the "
+                         f"pruned one by {diff:.3g} (a layer type that keeps its size in an "
+                         "attribute); add that layer to stages.prune.ignored_layers or set "
+                         "stages.prune.enabled: false")

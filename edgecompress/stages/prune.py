@@ -70,6 +70,30 @@ def check_prune(ctx: Context, student: nn.Module) -> None:
                           f"reachable ratio {lowest:.3f} for this student (round_to "
                           f"{cfg.round_to}, every layer keeps >= 1/8 of its channels); raise "
                           "the budget or lower round_to")
+    _dry_run(student, example, target, cfg)
+
+
+def _dry_run(student: nn.Module, example: torch.Tensor, target: Any, cfg: Any) -> None:
+    """Prune a copy of the untrained student to the target and rebuild it as the qat stage will.
+
+    A model whose pruned shapes the rebuild cannot reproduce (a layer that keeps its size in an
+    attribute) or whose plan would empty a layer then fails here, before any training, instead
+    of after the prune stage. The channels chosen do not matter here, so l2 scores stand in for
+    gradient-based ones.
+    """
+    import copy
+
+    from edgecompress.prune.importance import make_importance
+    from edgecompress.prune.pruner import StructuredPruner
+    from edgecompress.prune.rebuild import check_rebuild, rebuild_pruned
+
+    probe = copy.deepcopy(student).cpu()
+    pruner = StructuredPruner(probe, example, target=target, importance=make_importance("l2"),
+                              round_to=cfg.round_to, ignored_layers=cfg.ignored_layers,
+                              plan=cfg.plan)
+    pruner.step(1, 1)
+    state = {k: v.detach().clone() for k, v in probe.state_dict().items()}
+    check_rebuild(rebuild_pruned(copy.deepcopy(student).cpu(), state), probe, example[:1])
 
 
 class PruneStage(Stage):

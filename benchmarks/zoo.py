@@ -194,8 +194,9 @@ def _fmt_count(before: int | None, after: int | None) -> str:
 
 def markdown(rows: dict[str, dict[str, Any]]) -> str:
     head = ("| student | status | params | MACs | ORT int8 kernels / fp32 nodes | ORT parity "
-            "(top-1 agr.) | ORT int8/fp32 p50 | tflite kernels / float ops | tflite int8/fp32 "
-            "p50 | TensorRT lint | s |\n|---|---|---|---|---|---|---|---|---|---|---:|")
+            "(top-1 agr., decisive) | ORT int8/fp32 p50 | tflite kernels / float ops | "
+            "tflite int8/fp32 p50 | TensorRT lint | s |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---:|")
     lines = [head]
     for name, row in rows.items():
         if row["status"] != "ok":
@@ -205,7 +206,10 @@ def markdown(rows: dict[str, dict[str, Any]]) -> str:
         ort = next((t for t in row["targets"].values() if t["backend"] == "onnxruntime"), {})
         tfl = next((t for t in row["targets"].values() if t["backend"] == "tflite"), {})
         ort_preset = next((p for n, p in row["presets"].items() if n.startswith("ort")), {})
-        agree = (ort_preset.get("parity") or {}).get("top1_agreement")
+        parity = ort_preset.get("parity") or {}
+        agree = parity.get("top1_agreement_decisive", parity.get("top1_agreement"))
+        if agree is not None and parity.get("top1_agreement") not in (None, agree):
+            agree = f"{agree} ({parity['top1_agreement']} all)"
 
         def ratio(t: dict) -> str:
             value = t.get("int8_speedup_vs_fp32")
@@ -235,10 +239,17 @@ def main() -> None:
                         "their refusal names)")
     parser.add_argument("--append", action="store_true",
                         help="merge the rows into an existing --json instead of replacing it")
+    parser.add_argument("--render-only", action="store_true",
+                        help="rewrite --md from --json without running anything")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--timeout", type=int, default=900)
     args = parser.parse_args()
+    if args.render_only:
+        rows = json.loads(args.json.read_text())["rows"]
+        args.md.write_text(markdown(rows) + "\n")
+        print(markdown(rows))
+        return
 
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.work / "data.npz"

@@ -62,7 +62,7 @@ def _our_ptq(ctx, method: str, out: Path, calib: np.ndarray) -> Path:
 
     from edgecompress.quant.presets import get_preset
     from edgecompress.quant.training import calibrate
-    from edgecompress.stages.qat import load_float_student
+    from edgecompress.stages.common import load_float_student
 
     preset = get_preset("ort-x86", calibration=method)
     example = torch.from_numpy(ctx.bundle.train.x[:2])
@@ -77,8 +77,8 @@ def _trained_qat(ctx, out: Path, calib: np.ndarray) -> Path:
 
     from edgecompress.quant.presets import get_preset
     from edgecompress.stages.base import Context
-    from edgecompress.stages.common import load_teacher
-    from edgecompress.stages.qat import QatStage, load_float_student
+    from edgecompress.stages.common import load_float_student, load_teacher
+    from edgecompress.stages.qat import QatStage
     from edgecompress.training import predict_logits
 
     recipe = ctx.recipe.model_copy(deep=True)

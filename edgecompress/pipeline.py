@@ -181,12 +181,16 @@ def preflight(ctx: Context) -> None:
         FeatureTaps(student, [feature.student], "student").remove()
     from edgecompress.stages.prune import check_prune
 
-    check_prune(ctx, student)  # ignored layers exist, the budget is reachable
+    pruned = check_prune(ctx, student)  # layers exist, budget reachable, pruned copy rebuilds
     for target in ctx.recipe.targets:
         get_backend(target.backend).validate(target.precision, target.threads)
     from edgecompress.stages.qat import check_qat
 
     check_qat(ctx.recipe)  # int8 targets: qat enabled, each preset fits its backend
+    from edgecompress.stages.export import check_tflite_convertible
+
+    # The converter sees the pruned shapes (ConvNeXt converts whole but not pruned).
+    check_tflite_convertible(ctx, {"teacher": teacher, "student": pruned or student})
 
 
 class Pipeline:

@@ -120,3 +120,19 @@ def load_final_student(ctx: Context) -> nn.Module:
 
         return load_pruned(final_student_source(ctx))
     return load_state(build_student(ctx), final_student_source(ctx))
+
+
+def load_float_student(ctx: Context) -> nn.Module:
+    """The final float student as an ordinary, trainable module (pruned shapes rebuilt).
+
+    QAT needs it (a ``torch.export`` program has BatchNorm frozen), and so does the TFLite
+    converter: re-exporting the pruned program decomposes ``Linear`` on 4-D tensors (ConvNeXt's
+    NHWC blocks) into a rank-4 batch matmul that LiteRT rejects, while the module converts.
+    """
+    if ctx.recipe.stages.prune.enabled:
+        from edgecompress.prune.rebuild import rebuild_pruned
+
+        state = torch.load(ctx.run_dir / "prune" / "student_state.pt", map_location="cpu",
+                           weights_only=True)
+        return rebuild_pruned(build_student(ctx), state)
+    return load_state(build_student(ctx), ctx.run_dir / "distill" / "student.pt")

@@ -54,6 +54,9 @@ class ExportStage(Stage):
             logger.info("exported %s: %s (max abs diff %.2e, top-1 agreement %.4f)", role, path,
                         parity.max_abs_diff, parity.top1_agreement)
         if ".tflite" in float_suffixes(ctx):
+            from edgecompress.stages.common import load_float_student
+
+            models["student"] = load_float_student(ctx)  # a module, not the re-exported program
             self._tflite(ctx, models, sample, outputs, metrics)
         return StageResult(outputs=outputs, metrics=metrics)
 
@@ -75,6 +78,41 @@ class ExportStage(Stage):
             path = export_tflite(model, sample, out / f"{role}.tflite")
             outputs[f"{role}_tflite"] = path
             metrics.setdefault("tflite", {})[role] = {"size_bytes": path.stat().st_size}
+
+
+def check_tflite_convertible(ctx: Context, models: dict[str, Any]) -> None:
+    """Preflight for TFLite targets: litert-torch converts the (untrained) teacher and student.
+
+    Whether the converter handles an architecture (ConvNeXt's Linear on 4-D NHWC tensors, say)
+    does not depend on the weights, so it is checked here, before any training, instead of in
+    the export stage after it. Costs one FP32 conversion per model (seconds for small ones).
+
+    Raises:
+        ModelError: The converter rejects a model: its message, and the ways out.
+    """
+    import tempfile
+    from pathlib import Path
+
+    if ".tflite" not in float_suffixes(ctx):
+        return
+    from edgecompress.backends import get_backend
+
+    if not get_backend("tflite").availability()[0]:
+        return  # the export stage logs why and the bench stage reports the targets skipped
+    from edgecompress.errors import ModelError
+    from edgecompress.export.tflite import export_tflite
+
+    sample = torch.from_numpy(ctx.bundle.train.x[:1])
+    names = [t.name for t in ctx.recipe.targets if t.backend == "tflite"]
+    with tempfile.TemporaryDirectory(prefix="edgecompress-tflite-check-") as tmp:
+        for role, model in models.items():
+            try:
+                export_tflite(model, sample, Path(tmp) / f"{role}.tflite")
+            except ModelError as err:
+                raise ModelError(
+                    f"the {role} cannot be converted to TFLite, which targets "
+                    f"{', '.join(names)} need: {err}. Ways out: drop those targets, or use a "
+                    f"{role} whose layers litert-torch converts") from None
 
 
 def float_suffixes(ctx: Context) -> set[str]:

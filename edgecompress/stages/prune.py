@@ -43,7 +43,7 @@ def prune_target(cfg: PruneConfig):
     raise ConfigError(f"stages.prune: set one of {', '.join(PRUNE_TARGET_KEYS)}")
 
 
-def check_prune(ctx: Context, student: nn.Module) -> None:
+def check_prune(ctx: Context, student: nn.Module) -> nn.Module | None:
     """Preflight: reject a prune section that cannot work, before anything trains.
 
     Checks that the student is an editable module, that every ignored layer exists, that
@@ -55,7 +55,7 @@ def check_prune(ctx: Context, student: nn.Module) -> None:
     """
     cfg = ctx.recipe.stages.prune
     if not cfg.enabled:
-        return
+        return None
     kind = ctx.recipe.student.kind
     if kind in ("torchscript", "export"):
         raise ConfigError(f"stages.prune: a student of kind '{kind}' cannot be pruned (its "
@@ -70,16 +70,16 @@ def check_prune(ctx: Context, student: nn.Module) -> None:
                           f"reachable ratio {lowest:.3f} for this student (round_to "
                           f"{cfg.round_to}, every layer keeps >= 1/8 of its channels); raise "
                           "the budget or lower round_to")
-    _dry_run(student, example, target, cfg)
+    return _dry_run(student, example, target, cfg)
 
 
-def _dry_run(student: nn.Module, example: torch.Tensor, target: Any, cfg: Any) -> None:
+def _dry_run(student: nn.Module, example: torch.Tensor, target: Any, cfg: Any) -> nn.Module:
     """Prune a copy of the untrained student to the target and rebuild it as the qat stage will.
 
     A model whose pruned shapes the rebuild cannot reproduce (a layer that keeps its size in an
     attribute) or whose plan would empty a layer then fails here, before any training, instead
     of after the prune stage. The channels chosen do not matter here, so l2 scores stand in for
-    gradient-based ones.
+    gradient-based ones. Returns the rebuilt pruned copy (the shapes export will see).
     """
     import copy
 
@@ -93,7 +93,9 @@ def _dry_run(student: nn.Module, example: torch.Tensor, target: Any, cfg: Any) -
                               plan=cfg.plan)
     pruner.step(1, 1)
     state = {k: v.detach().clone() for k, v in probe.state_dict().items()}
-    check_rebuild(rebuild_pruned(copy.deepcopy(student).cpu(), state), probe, example[:1])
+    rebuilt = rebuild_pruned(copy.deepcopy(student).cpu(), state)
+    check_rebuild(rebuilt, probe, example[:1])
+    return rebuilt
 
 
 class PruneStage(Stage):

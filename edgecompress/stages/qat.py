@@ -26,7 +26,11 @@ from edgecompress.errors import ConfigError, ParityError
 from edgecompress.io import atomic_path
 from edgecompress.recipe import Recipe, recipe_to_dict
 from edgecompress.stages.base import Context, Stage, StageResult
-from edgecompress.stages.common import build_student, load_state, load_teacher, spec_files
+from edgecompress.stages.common import (
+    load_float_student,
+    load_teacher,
+    spec_files,
+)
 from edgecompress.training import predict_logits, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -77,17 +81,6 @@ def preset_artifact(run_dir: Path, preset: str) -> Path:
 def preset_reference(run_dir: Path, preset: str) -> Path:
     """The PyTorch int8 model's test-split logits for ``preset`` (parity reference)."""
     return run_dir / "qat" / preset / REFERENCE_NAME
-
-
-def load_float_student(ctx: Context) -> nn.Module:
-    """The final float student as a trainable module (pruned shapes rebuilt if pruned)."""
-    if ctx.recipe.stages.prune.enabled:
-        from edgecompress.prune.rebuild import rebuild_pruned
-
-        state = torch.load(ctx.run_dir / "prune" / "student_state.pt", map_location="cpu",
-                           weights_only=True)
-        return rebuild_pruned(build_student(ctx), state)
-    return load_state(build_student(ctx), ctx.run_dir / "distill" / "student.pt")
 
 
 def _float_source(ctx: Context) -> Path:

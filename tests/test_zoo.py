@@ -241,3 +241,18 @@ def test_rebuild_check_refuses_a_model_that_computes_something_else() -> None:
         check_rebuild(torch.nn.Linear(4, 3), pruned, torch.randn(2, 4))
     with pytest.raises(ModelError, match="the resized model fails"):
         check_rebuild(torch.nn.Linear(5, 3), pruned, torch.randn(2, 4))
+
+
+@pytest.mark.slow
+def test_convnext_tflite_refused_before_training(rgb_digits, tmp_path) -> None:
+    """litert-torch rejects ConvNeXt once its LayerNorm affine is non-trivial (a trained model);
+    the preflight converts a nudged copy, so the refusal comes before any training."""
+    pytest.importorskip("litert_torch")
+    spec = _zoo_run_recipe(rgb_digits, "torchvision:convnext_tiny", {}, tflite=True)
+    recipe = tmp_path / "zoo.yaml"
+    recipe.write_text(yaml.safe_dump(spec))
+    code, out = run_main("run", recipe, "--out", tmp_path / "run")
+    assert code == 2, out[-2000:]
+    assert "the student cannot be converted to TFLite" in out and "tfl.batch_matmul" in out
+    assert "drop those targets" in out
+    assert not (tmp_path / "run").exists()

@@ -107,12 +107,31 @@ def check_tflite_convertible(ctx: Context, models: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="edgecompress-tflite-check-") as tmp:
         for role, model in models.items():
             try:
-                export_tflite(model, sample, Path(tmp) / f"{role}.tflite")
+                export_tflite(_like_trained(model), sample, Path(tmp) / f"{role}.tflite")
             except ModelError as err:
                 raise ModelError(
                     f"the {role} cannot be converted to TFLite, which targets "
                     f"{', '.join(names)} need: {err}. Ways out: drop those targets, or use a "
                     f"{role} whose layers litert-torch converts") from None
+
+
+def _like_trained(model: Any) -> Any:
+    """A copy whose parameters are nudged off their initial values (seeded noise).
+
+    The converter folds what an untrained model makes trivial (LayerNorm weight 1 / bias 0, zero
+    Linear biases) and may then lower the graph differently from the trained model's: ConvNeXt at
+    1x1 spatial size converts untrained, but not once its LayerNorm affine is non-trivial
+    (``tfl.batch_matmul`` of rank 4). The nudged copy converts like a trained model would.
+    """
+    import copy
+
+    clone = copy.deepcopy(model).cpu().eval()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in clone.parameters():
+            if param.is_floating_point():
+                param.add_(0.01 * torch.randn(param.shape, generator=generator))
+    return clone
 
 
 def float_suffixes(ctx: Context) -> set[str]:

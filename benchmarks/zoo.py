@@ -138,7 +138,8 @@ def summarize(run: Path, rc: int, log: str, seconds: float) -> dict[str, Any]:
     row: dict[str, Any] = {"exit_code": rc, "seconds": round(seconds, 1),
                            "stages_done": _stages_done(run)}
     if rc != 0:
-        trained = "finetune" in row["stages_done"] or "distill" in row["stages_done"]
+        # From this run's log (a reused run directory keeps earlier stages' files).
+        trained = "[finetune] running" in log or "[distill] running" in log
         row.update(status="refused", when="after training" if trained else "before training",
                    reason=_last_error(log))
         return row

@@ -153,9 +153,6 @@ def _import_file(file: Path, spec_text: str) -> Any:
 
 def _import_module(module_name: str, spec_text: str) -> Any:
     """Import ``module_name``, telling a missing module apart from one that fails to import."""
-    from edgecompress.models.zoo import prepare_imports
-
-    prepare_imports()  # torchvision (also imported by timm) next to the CPU torch wheel
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as exc:

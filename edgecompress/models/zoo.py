@@ -21,7 +21,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,15 +73,6 @@ def import_torchvision() -> Any:
 
     _torchvision_fix.install()
     return importlib.import_module("torchvision")
-
-
-def prepare_imports() -> None:
-    """Make a later ``import torchvision`` (by a user factory or timm) succeed, if installed."""
-    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is not None:
-        try:
-            import_torchvision()
-        except Exception as exc:  # noqa: BLE001 - reported where the import is really needed
-            logger.debug("torchvision does not import: %s", exc)
 
 
 def _import_source(source: str) -> Any:

@@ -631,17 +631,17 @@ def test_calibration_smaller_than_class_count_warns(digits: DatasetBundle, caplo
 # --- image folders read lazily ----------------------------------------------------------------
 
 def test_imagefolder_decodes_only_the_images_a_split_keeps(tmp_path: Path, monkeypatch) -> None:
-    from edgecompress.data.imagefolder import ImageFolderDataset
+    from edgecompress.data.stream import _Decode
 
     root = _image_folder(tmp_path / "pets", per_class=40)
     decoded: list[int] = []
-    original = ImageFolderDataset.__getitem__
+    original = _Decode.__getitem__
 
     def counting(self, i):
         decoded.append(i)
         return original(self, i)
 
-    monkeypatch.setattr(ImageFolderDataset, "__getitem__", counting)
+    monkeypatch.setattr(_Decode, "__getitem__", counting)
     bundle = load_dataset("imagefolder", root, train_limit=30, eval_limit=9, normalize=False)
     assert (len(bundle.train) + len(bundle.val), len(bundle.test)) == (30, 9)
     assert len(decoded) == len(set(decoded)) == 39, "each kept image decoded once, no others"
@@ -652,15 +652,22 @@ def test_imagefolder_decodes_only_the_images_a_split_keeps(tmp_path: Path, monke
     assert bundle.describe()["available"] == {"pool": 120, "test": None}
 
 
-def test_lazy_images_in_worker_processes_match_and_report_bad_files(tmp_path: Path) -> None:
-    from edgecompress.data.imagefolder import LazyImages, scan_image_folder
+def _stream(listing, image_size, workers):
+    from edgecompress.data.stream import ImageStream
+
+    return ImageStream(listing.files, np.arange(len(listing.files)), listing.shape,
+                       image_size=image_size, workers=workers)
+
+
+def test_streamed_images_in_worker_processes_match_and_report_bad_files(tmp_path: Path) -> None:
+    from edgecompress.data.imagefolder import scan_image_folder
 
     root = _image_folder(tmp_path / "pets", per_class=4)
     Image.new("RGB", (7, 5), (1, 2, 3)).save(root / "cat" / "z.webp", lossless=True)
     listing = scan_image_folder(root, None, grayscale=False)
     assert len(listing.files) == 13 and listing.shape == (3, 5, 7)
-    in_process = LazyImages(listing, None, False, workers=0)[np.arange(13)]
-    in_workers = LazyImages(listing, None, False, workers=2)[np.arange(13)[::-1]]
+    in_process = _stream(listing, None, workers=0)[np.arange(13)]
+    in_workers = _stream(listing, None, workers=2)[np.arange(13)[::-1]]
     assert np.array_equal(in_workers, in_process[::-1])
     assert np.allclose(in_process[12], np.asarray([1, 2, 3])[:, None, None] / 255.0)
     # With image_size no header is read up front: a broken file fails when decoded, in a
@@ -668,7 +675,7 @@ def test_lazy_images_in_worker_processes_match_and_report_bad_files(tmp_path: Pa
     (root / "ant" / "0.png").write_bytes(b"not a png")
     listing = scan_image_folder(root, (5, 7), grayscale=False)
     with pytest.raises(DataError, match=r"cannot read image .*ant/0\.png") as info:
-        LazyImages(listing, (5, 7), False, workers=2)[np.arange(13)]
+        _stream(listing, (5, 7), workers=2)[np.arange(13)]
     assert "Traceback" not in str(info.value)
 
 

@@ -26,7 +26,7 @@ from edgecompress.data.checks import (
     check_split_counts,
     encode_labels,
 )
-from edgecompress.data.imagefolder import LazyImages, given_split_folders, scan_image_folder
+from edgecompress.data.imagefolder import FolderListing, given_split_folders, scan_image_folder
 from edgecompress.data.imageindex import INDEX_SUFFIXES, scan_image_index
 from edgecompress.data.split import (
     Split,
@@ -36,6 +36,13 @@ from edgecompress.data.split import (
     stratified_subsample,
 )
 from edgecompress.data.split import normalize as normalize_array
+from edgecompress.data.stream import (
+    STREAM_BYTES,
+    ImageStream,
+    PhotoTransforms,
+    is_stream,
+    stream_statistics,
+)
 from edgecompress.errors import BackendUnavailable, ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -94,6 +101,10 @@ class DatasetBundle:
         digest.update(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode("utf-8"))
         for split_name, split in (("train", self.train), ("val", self.val), ("test", self.test)):
             for key, arr, dtype in (("x", split.x, "<f4"), ("y", split.y, "<i8")):
+                if is_stream(arr):  # file names, sizes and times, not every image's bytes
+                    digest.update(f"|{split_name}.{key}:stream{list(arr.shape)}|".encode())
+                    arr.fingerprint(digest)
+                    continue
                 arr = np.ascontiguousarray(arr, dtype=dtype)
                 digest.update(f"|{split_name}.{key}:{list(arr.shape)}|".encode())
                 digest.update(arr.data)
@@ -284,32 +295,43 @@ def _load_idx(directory: Path) -> _Raw:
                 test_source=str(found["t10k", "labels"]), **sources)
 
 
-def _load_imagefolder(root: Path, image_size: tuple[int, int] | None, grayscale: bool) -> _Raw:
+def _load_imagefolder(root: Path, image_size: tuple[int, int] | None, grayscale: bool,
+                      transforms: PhotoTransforms | None, workers: int | None) -> _Raw:
     """List the folder (headers only); pixels are decoded later, only for the rows kept.
 
     ``root/train/<class>`` + ``root/test/<class>`` is a given train/test split; otherwise
     ``root/<class>`` is split here. A ``.csv``/``.json`` index file lists ``path,label[,split]``.
+    The images become :class:`ImageStream` views (nothing decoded). With photo transforms the
+    shape is (C, crop, crop), so headers of differently sized photos are not compared.
     """
+    crop = transforms.crop_size if transforms is not None else None
+    scan_size = (crop, crop) if crop else image_size
+
+    def stream(listing: FolderListing) -> ImageStream:
+        return ImageStream(listing.files, np.arange(len(listing.files)), listing.shape,
+                           grayscale=grayscale, image_size=image_size, photo=transforms,
+                           workers=workers)
+
     if root.suffix.lower() in INDEX_SUFFIXES:
-        train, test, mapping = scan_image_index(root, image_size, grayscale)
-        lazy_test = None if test is None else LazyImages(test, image_size, grayscale)
-        return _Raw(root.stem, LazyImages(train, image_size, grayscale), train.labels,
-                    train.classes, lazy_test, None if test is None else test.labels,
+        train, test, mapping = scan_image_index(root, scan_size, grayscale)
+        return _Raw(root.stem, stream(train), train.labels, train.classes,
+                    None if test is None else stream(test),
+                    None if test is None else test.labels,
                     label_source=f"image index {root}",
                     test_source=f"image index {root} (split=test rows)", label_mapping=mapping)
     given = given_split_folders(root)
     if given is None:
-        listing = scan_image_folder(root, image_size, grayscale)
-        return _Raw(root.resolve().name, LazyImages(listing, image_size, grayscale),
-                    listing.labels, listing.classes, label_source=f"image folder {root}")
-    train = scan_image_folder(given[0], image_size, grayscale)
-    test = scan_image_folder(given[1], image_size, grayscale, classes=train.classes)
+        listing = scan_image_folder(root, scan_size, grayscale)
+        return _Raw(root.resolve().name, stream(listing), listing.labels, listing.classes,
+                    label_source=f"image folder {root}")
+    train = scan_image_folder(given[0], scan_size, grayscale)
+    test = scan_image_folder(given[1], scan_size, grayscale, classes=train.classes)
     if train.shape != test.shape:
         raise DataError(f"images in {given[0]} have shape {train.shape} (C, H, W) but images in "
                         f"{given[1]} have {test.shape}; pass image_size=(H, W) to resize them")
-    return _Raw(root.resolve().name, LazyImages(train, image_size, grayscale), train.labels,
-                train.classes, LazyImages(test, image_size, grayscale), test.labels,
-                label_source=f"image folder {given[0]}", test_source=f"image folder {given[1]}")
+    return _Raw(root.resolve().name, stream(train), train.labels, train.classes, stream(test),
+                test.labels, label_source=f"image folder {given[0]}",
+                test_source=f"image folder {given[1]}")
 
 
 def _adapt(x: np.ndarray, image_size: tuple[int, int] | None, grayscale: bool,
@@ -376,6 +398,49 @@ def _transforms(source: str, raw_dtype_uint8: bool, image_size: tuple[int, int] 
     return steps
 
 
+def _take(x: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` of an array (a copy) or of a stream (a view, nothing decoded)."""
+    return x.subset(idx) if is_stream(x) else x[idx]
+
+
+def _should_stream(stream: bool | str, transforms: PhotoTransforms | None,
+                   nbytes: int) -> bool:
+    if transforms is not None:
+        return True
+    if stream == "auto":
+        if nbytes > STREAM_BYTES:
+            logger.info("streaming the image folder: its kept images would take %.0f MiB as "
+                        "float32 (data.stream: false keeps them in memory)", nbytes / 2**20)
+            return True
+        return False
+    return bool(stream)
+
+
+def _check_stream_options(source: str, stream: bool | str, transforms: PhotoTransforms | None,
+                          image_size: tuple[int, int] | None, mean: list[float] | None,
+                          std: list[float] | None) -> None:
+    if stream not in (True, False, "auto"):
+        raise ConfigError(f"data.stream must be true, false or 'auto', got {stream!r}")
+    if source != "imagefolder" and (stream is True or transforms is not None):
+        key = "data.transforms" if transforms is not None else "data.stream: true"
+        raise ConfigError(f"{key} needs an image folder (source: imagefolder); source "
+                          f"{source!r} is read into memory")
+    if transforms is not None:
+        if stream is False:
+            raise ConfigError("data.transforms (preset photo) decodes every image per batch and "
+                              "needs streaming; remove data.stream: false")
+        if image_size is not None:
+            raise ConfigError("data.image_size and data.transforms cannot be combined: the photo "
+                              "transforms resize (resize_size) and crop (crop_size) themselves")
+        if not 0.0 < transforms.scale[0] <= transforms.scale[1] <= 1.0:
+            raise ConfigError(f"data.transforms.scale must be (min, max) with 0 < min <= max "
+                              f"<= 1, got {list(transforms.scale)}")
+    if (mean is None) != (std is None):
+        raise ConfigError("data.mean and data.std must be given together")
+    if std is not None and (len(std) != len(mean) or min(std) <= 0):
+        raise ConfigError(f"data.std must have one positive value per mean, got {std}")
+
+
 def _shrink(idx: np.ndarray, y: np.ndarray, num: int, rng: np.random.Generator) -> np.ndarray:
     """A stratified subset of the index array ``idx`` (labels ``y[idx]``) of ``num`` entries."""
     return idx[stratified_subsample(y[idx], num, rng)]
@@ -396,6 +461,12 @@ def load_dataset(
     train_limit: int | None = None,
     eval_limit: int | None = None,
     name: str | None = None,
+    stream: bool | str = "auto",
+    transforms: PhotoTransforms | None = None,
+    mean: list[float] | None = None,
+    std: list[float] | None = None,
+    stats_samples: int = 1000,
+    workers: int | None = None,
 ) -> DatasetBundle:
     """Load a dataset, check it, split it reproducibly and normalise it with train statistics.
 
@@ -423,6 +494,15 @@ def load_dataset(
             same as without the limit: a given test split stays whole.
         eval_limit: At most this many test samples (stratified, seeded); off by default.
         name: The dataset's name in logs and reports (default: the file or directory name).
+        stream: Image folders only: ``True`` keeps the splits on disk and decodes them per
+            batch (:class:`~edgecompress.data.stream.ImageStream`), ``False`` decodes the kept
+            images into memory, ``"auto"`` streams when they would exceed 512 MiB as float32
+            or when ``transforms`` is set.
+        transforms: Real-photo transforms (random resized crop, flip, ...; eval resize + centre
+            crop) for image folders; implies streaming and replaces ``image_size``.
+        mean, std: Per-channel normalisation to use instead of the train split's statistics.
+        stats_samples: Streamed splits compute mean/std on this many seeded train images.
+        workers: DataLoader worker processes for streamed splits (default: automatic).
 
     Returns:
         The bundle with float32 NCHW splits and int64 labels 0..K-1; ``bundle.describe()`` says
@@ -437,6 +517,7 @@ def load_dataset(
     """
     limits = {"limit": limit, "train_limit": train_limit, "eval_limit": eval_limit}
     _check_options(source, path, val_fraction, test_fraction, image_size, limits)
+    _check_stream_options(source, stream, transforms, image_size, mean, std)
     if source == "digits":
         raw = _load_digits(path)
     elif source == "npz":
@@ -444,7 +525,7 @@ def load_dataset(
     elif source == "idx":
         raw = _load_idx(Path(path))
     else:
-        raw = _load_imagefolder(Path(path), image_size, grayscale)
+        raw = _load_imagefolder(Path(path), image_size, grayscale, transforms, workers)
     if source != "imagefolder":
         raw.x = _adapt(raw.x, image_size, grayscale, raw.name)
         if raw.x_test is not None:
@@ -462,7 +543,7 @@ def load_dataset(
     if not given_test:
         if limit is not None and limit < y.shape[0]:
             keep = stratified_subsample(y, limit, rng)
-            x, y = x[keep], y[keep]
+            x, y = _take(x, keep), y[keep]
         train_idx, val_idx, test_idx = stratified_split(y, val_fraction, test_fraction, rng)
         x_test, y_test = None, y[test_idx]  # pixels taken after eval_limit (lazy sources)
     else:
@@ -473,7 +554,8 @@ def load_dataset(
             keep = stratified_subsample(y, n_pool, rng)
             keep_test = stratified_subsample(y_test, limit - n_pool, rng)
             test_shrunk_from = int(y_test.shape[0])
-            x, y, x_test, y_test = x[keep], y[keep], x_test[keep_test], y_test[keep_test]
+            x, y = _take(x, keep), y[keep]
+            x_test, y_test = _take(x_test, keep_test), y_test[keep_test]
             logger.warning("%s: data.limit=%d also shrank the given test split (%s) from %d to "
                            "%d samples; use data.train_limit to limit the training pool only",
                            name, limit, raw.test_source, test_shrunk_from, y_test.shape[0])
@@ -492,7 +574,7 @@ def load_dataset(
         if x_test is None:
             test_idx = test_idx[keep_test]
         else:
-            x_test = x_test[keep_test]
+            x_test = _take(x_test, keep_test)
         y_test = y_test[keep_test]
         logger.warning("%s: eval_limit=%d: accuracy is measured on %d of the %d test samples",
                        name, eval_limit, y_test.shape[0], test_shrunk_from)
@@ -508,16 +590,28 @@ def load_dataset(
         hint=(f"every class needs samples in train, val and test (val_fraction={val_fraction}"
               + ("" if given_test else f", test_fraction={test_fraction}")
               + "); add samples of this class, remove it, or use a larger limit"))
-    # Pixels last: for an image folder this is where (only) the kept images are decoded.
-    x_train, x_val = x[train_idx], x[val_idx]
+    streamed = source == "imagefolder" and _should_stream(
+        stream, transforms, sum(sizes.values()) * math.prod(x.shape[1:]) * 4)
+    x_train, x_val = _take(x, train_idx), _take(x, val_idx)
     if x_test is None:
-        x_test = x[test_idx]
-    elif isinstance(x_test, LazyImages):  # a given test folder, not subsampled
-        x_test = x_test[np.arange(len(x_test))]
+        x_test = _take(x, test_idx)
+    if is_stream(x) and not streamed:
+        # Pixels last: an image folder decodes only the images its splits kept.
+        x_train, x_val, x_test = (np.asarray(a) for a in (x_train, x_val, x_test))
     channels = x.shape[1]
-    mean, std = [0.0] * channels, [1.0] * channels
-    if normalize:
-        mean, std = compute_normalization(x_train)
+    given_stats = mean is not None
+    if not given_stats:
+        mean, std = [0.0] * channels, [1.0] * channels
+        if normalize and streamed:
+            mean, std = stream_statistics(x_train, stats_samples, seed)
+        elif normalize:
+            mean, std = compute_normalization(x_train)
+    elif len(mean) != channels:
+        raise ConfigError(f"data.mean/data.std have {len(mean)} values but the images have "
+                          f"{channels} channel(s)")
+    if streamed:
+        x_train, x_val, x_test = (a.normalized(mean, std) for a in (x_train, x_val, x_test))
+    elif normalize or given_stats:
         x_train, x_val, x_test = (normalize_array(a, mean, std) for a in (x_train, x_val, x_test))
     info = {
         "source": source,
@@ -531,8 +625,14 @@ def load_dataset(
         "label_mapping": raw.label_mapping,
         "class_names": list(raw.class_names),
         "per_class": per_class,
-        "transforms": _transforms(source, raw.uint8, image_size, grayscale, normalize, mean, std),
+        "transforms": _transforms(source, raw.uint8, image_size, grayscale,
+                                  normalize or given_stats, mean, std),
+        "streamed": streamed,
     }
+    if transforms is not None:
+        info["image_transforms"] = transforms.describe()
+    if streamed and not given_stats and normalize:
+        info["normalization_samples"] = min(stats_samples, len(x_train))
     bundle = DatasetBundle(
         name=name,
         train=Split(x_train, y_train),

@@ -25,7 +25,9 @@ class Split:
     """One split of a dataset, ready to feed a model.
 
     Attributes:
-        x: float32 images, shape (N, C, H, W), already normalised.
+        x: float32 images, shape (N, C, H, W), already normalised: an array, or an
+            :class:`~edgecompress.data.stream.ImageStream` that decodes rows on demand (large
+            image folders; same shape, ``len`` and indexing).
         y: int64 class indices, shape (N,), values in [0, num_classes).
     """
 
@@ -33,7 +35,8 @@ class Split:
     y: np.ndarray
 
     def __post_init__(self) -> None:
-        self.x = np.ascontiguousarray(self.x, dtype=np.float32)
+        if isinstance(self.x, np.ndarray) or not hasattr(self.x, "batches"):
+            self.x = np.ascontiguousarray(self.x, dtype=np.float32)
         self.y = np.ascontiguousarray(self.y, dtype=np.int64)
         if self.x.ndim != 4:
             raise DataError(f"Split.x must have shape (N, C, H, W), got shape {self.x.shape}")

@@ -30,6 +30,33 @@ from edgecompress.errors import ConfigError
 RECIPE_VERSION = 1
 
 
+class PhotoTransformsConfig(_Strict):
+    """Real-photo transforms (torchvision transforms v2) for image folders, streamed per batch."""
+
+    preset: Literal["photo"] = Field("photo", description="photo: train RandomResizedCrop + "
+                                     "horizontal flip (+ colour jitter / RandAugment); eval "
+                                     "Resize + CenterCrop.")
+    crop_size: int = Field(224, ge=8, le=4096, description="Side of the square crop the model "
+                           "sees (train and eval).")
+    resize_size: int | None = Field(None, ge=8, le=8192, description="Eval: shorter side resized "
+                                    "to this before the centre crop (default crop_size * "
+                                    "256 / 224).")
+    scale: tuple[float, float] = Field((0.08, 1.0), description="Train: RandomResizedCrop's "
+                                       "area fraction range (min, max), 0 < min <= max <= 1.")
+    hflip: bool = Field(True, description="Train: random horizontal flip.")
+    color_jitter: float = Field(0.0, ge=0, le=1, description="Train: brightness/contrast/"
+                                "saturation jitter strength (0 = off).")
+    randaugment: bool = Field(False, description="Train: RandAugment (default settings).")
+
+    @model_validator(mode="after")
+    def _scale_range(self) -> PhotoTransformsConfig:
+        low, high = self.scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(f"scale must be (min, max) with 0 < min <= max <= 1, got "
+                             f"{list(self.scale)}")
+        return self
+
+
 class DataConfig(_Strict):
     """Where the data comes from and how it is split."""
 
@@ -66,6 +93,44 @@ class DataConfig(_Strict):
                              "name).")
     calibration_samples: int = Field(256, gt=0, description="Size of the stratified calibration "
                                      "subset sampled from the train split and saved in the run.")
+    stream: Literal["auto"] | bool = Field("auto", description="Image folders: true keeps the "
+                                           "splits on disk and decodes each batch in DataLoader "
+                                           "workers (memory independent of the image count); "
+                                           "false decodes the kept images into memory; auto "
+                                           "streams above 512 MiB of float32 pixels or with "
+                                           "photo transforms.")
+    workers: int | None = Field(None, ge=0, le=64, description="DataLoader worker processes for "
+                                "streamed images (default: none below 512 images per pass, "
+                                "else up to 4, one less than the CPU count).")
+    transforms: PhotoTransformsConfig | None = Field(None, description="Real-photo transforms "
+                                                     "for image folders (implies streaming; "
+                                                     "replaces image_size).")
+    mean: list[float] | None = Field(None, min_length=1, max_length=4, description="Per-channel "
+                                     "mean of pixels in [0, 1] to normalise with (with std); "
+                                     "default: computed on the train split.")
+    std: list[float] | None = Field(None, min_length=1, max_length=4, description="Per-channel "
+                                    "std to normalise with (with mean), each > 0.")
+    stats_samples: int = Field(1000, gt=0, le=1_000_000, description="Streamed image folders: "
+                               "mean/std (when not given) are computed on this many seeded train "
+                               "images.")
+
+    @model_validator(mode="after")
+    def _streaming(self) -> DataConfig:
+        if self.source != "imagefolder" and (self.stream is True or self.transforms is not None):
+            key = "transforms" if self.transforms is not None else "stream: true"
+            raise ValueError(f"{key} needs source: imagefolder (source {self.source!r} is read "
+                             f"into memory)")
+        if self.transforms is not None and self.image_size is not None:
+            raise ValueError("image_size and transforms cannot be combined: the photo "
+                             "transforms resize (resize_size) and crop (crop_size) themselves")
+        if self.transforms is not None and self.stream is False:
+            raise ValueError("transforms decode every image per batch and need streaming; "
+                             "remove stream: false")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std must be given together")
+        if self.std is not None and (len(self.std) != len(self.mean) or min(self.std) <= 0):
+            raise ValueError(f"std must have one positive value per mean value, got {self.std}")
+        return self
 
     @model_validator(mode="after")
     def _one_kind_of_limit(self) -> DataConfig:

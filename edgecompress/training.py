@@ -1,8 +1,10 @@
 """The one supervised training loop used by fine-tuning and distillation.
 
-It keeps data in memory (our datasets are arrays), shards each epoch's permutation across ranks
-when run under torchrun (DDP), selects the best epoch on the validation split (early stopping),
-and shows a progress bar per epoch on an interactive terminal only (quiet in CI, on other ranks).
+It reads a split's images as an array or as a stream (``ImageStream``: decoded per batch in
+DataLoader workers, random train transforms applied), shards each epoch's permutation across
+ranks when run under torchrun (DDP), so each rank reads only its shard, selects the best epoch
+on the validation split (early stopping), and shows a progress bar per epoch on an interactive
+terminal only (quiet in CI, on other ranks).
 Without a terminal, :class:`ProgressLog` writes a log line at least every
 ``EDGECOMPRESS_PROGRESS_SECONDS`` (30 s) with step, loss, elapsed time and ETA, so a long epoch
 never runs silent in a CI log.
@@ -16,8 +18,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,6 +41,9 @@ def progress_enabled() -> bool:
         return False
     return sys.stderr.isatty()
 
+
+#: Input bytes per evaluation batch (predict_logits), whatever the image size.
+EVAL_BATCH_BYTES = 32 * 2**20
 
 #: Seconds between progress log lines of a training loop without a terminal.
 PROGRESS_SECONDS = 30.0
@@ -115,15 +121,46 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def iter_batches(x: Any, batches: list[np.ndarray], *, train: bool = False
+                 ) -> Iterator[np.ndarray]:
+    """float32 images for each array of row positions of ``x``, in order.
+
+    An array is indexed; a stream runs one DataLoader over all the batches (workers decode
+    ahead), with its random train transforms when ``train`` is true.
+    """
+    if hasattr(x, "batches"):
+        yield from x.batches(batches, train=train)
+        return
+    for rows in batches:
+        yield x[rows]
+
+
+def augments(x: Any) -> bool:
+    """Whether training batches of ``x`` are randomly transformed (a streamed photo split), so
+    the teacher must see each batch rather than precomputed logits of the plain images."""
+    return bool(getattr(x, "augments", False))
+
+
+def slices(n: int, batch_size: int) -> list[np.ndarray]:
+    """Consecutive position batches covering ``range(n)``."""
+    return [np.arange(i, min(n, i + batch_size)) for i in range(0, n, batch_size)]
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: np.ndarray, device: torch.device,
                    batch_size: int = 512) -> np.ndarray:
-    """Logits of ``model`` (in eval mode, restored afterwards) on all of ``x``."""
+    """Logits of ``model`` (in eval mode, restored afterwards) on all of ``x``.
+
+    Batches hold at most ``batch_size`` images and about 32 MiB of input, so a 224-px model's
+    activations stay a few hundred MB instead of growing with the batch.
+    """
     was_training = model.training
     model.eval()
     outs = []
-    for start in range(0, len(x), batch_size):
-        xb = torch.from_numpy(x[start:start + batch_size]).to(device)
+    per_image = max(1, math.prod(x.shape[1:]) * 4)
+    batch_size = max(1, min(batch_size, EVAL_BATCH_BYTES // per_image))
+    for batch in iter_batches(x, slices(len(x), batch_size)):
+        xb = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
         outs.append(model(xb).float().cpu())
     model.train(was_training)
     return torch.cat(outs).numpy() if outs else np.zeros((0, 0), dtype=np.float32)
@@ -150,7 +187,8 @@ def train(model: nn.Module, trainable: nn.Module, loss_fn: LossFn, *,
           x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
           epochs: int, lr: float, weight_decay: float, batch_size: int, patience: int,
           seed: int, dist_info: DistInfo, desc: str,
-          on_epoch_start: Callable[[int], None] | None = None) -> TrainResult:
+          on_epoch_start: Callable[[int], None] | None = None,
+          augment: bool = True) -> TrainResult:
     """Train ``trainable`` (which contains ``model``) with AdamW + one-cycle LR and early stopping.
 
     Args:
@@ -160,6 +198,9 @@ def train(model: nn.Module, trainable: nn.Module, loss_fn: LossFn, *,
             projections); wrapped in DistributedDataParallel when running under torchrun.
         loss_fn: computes the batch loss from the (possibly DDP-wrapped) ``trainable``.
         on_epoch_start: called with the epoch index before each epoch (layer-wise unfreezing).
+        augment: apply a streamed split's random train transforms (photo preset). A loss that
+            looks up precomputed teacher logits by sample index needs False: the teacher saw
+            the untransformed images.
     """
     device = dist_info.device
     trainable.to(device)
@@ -171,7 +212,6 @@ def train(model: nn.Module, trainable: nn.Module, loss_fn: LossFn, *,
     steps_per_epoch = max(1, math.ceil(per_rank / batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
-    x_all = torch.from_numpy(x_train)
     y_all = torch.from_numpy(y_train)
     best = TrainResult(best_state=copy.deepcopy(model.state_dict()), best_val_accuracy=-1.0,
                        best_epoch=-1, epochs_run=0)
@@ -192,13 +232,15 @@ def train(model: nn.Module, trainable: nn.Module, loss_fn: LossFn, *,
         mine = perm[dist_info.rank::dist_info.world_size]
         trainable.train()
         total, count = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
+        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
                    disable=not show, unit="batch")
-        for step in bar:
-            idx = mine[step * batch_size:(step + 1) * batch_size]
-            if len(idx) == 0:
-                continue
-            xb, yb = x_all[idx].to(device), y_all[idx].to(device)
+        steps = [mine[s * batch_size:(s + 1) * batch_size] for s in range(steps_per_epoch)]
+        steps = [idx for idx in steps if len(idx)]
+        images = iter_batches(x_train, [idx.numpy() for idx in steps], train=augment)
+        for idx, batch in zip(steps, images, strict=True):
+            bar.update(1)
+            xb = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
+            yb = y_all[idx].to(device)
             loss = loss_fn(wrapped, xb, yb, idx)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -75,8 +75,7 @@ class PhotoTransforms:
 
 
 def _v2():
-    try:
-        import edgecompress._torchvision_fix  # noqa: F401  (installed by import edgecompress)
+    try:  # edgecompress/__init__ has installed the torchvision import fix
         from torchvision.transforms import v2
     except ImportError as exc:
         raise BackendUnavailable("data.transforms preset 'photo' needs torchvision: pip install "
@@ -318,6 +317,20 @@ def stream_statistics(stream: ImageStream, samples: int, seed: int) -> tuple[lis
     std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
     std = np.where(std < 1e-12, 1.0, std)
     return [float(v) for v in mean], [float(v) for v in std]
+
+
+#: Streamed test splits give parity checks (which hold their inputs in memory) this many images.
+PARITY_SAMPLES = 512
+
+
+def parity_sample(x: Any, *aligned: np.ndarray, limit: int = PARITY_SAMPLES) -> tuple:
+    """``(x, *aligned)`` for a check that needs its inputs in memory: an array as is; a stream's
+    first ``limit`` images decoded (the split is already shuffled), and the aligned arrays
+    (labels, reference logits) cut to match, so memory does not grow with the split."""
+    if not is_stream(x):
+        return (x, *aligned)
+    n = min(len(x), limit)
+    return (x[:n], *(a[:n] for a in aligned))
 
 
 def is_stream(x: Any) -> bool:

@@ -100,7 +100,9 @@ def qat_finetune(prepared: nn.Module, *, x_train: np.ndarray, y_train: np.ndarra
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total))
     gen = torch.Generator().manual_seed(seed)
-    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train).long()
+    from edgecompress.training import iter_batches
+
+    yt = torch.from_numpy(y_train).long()
     step, obs_at, bn_at = 0, None, None
     best = (-1.0, -1, copy.deepcopy(prepared.state_dict()))
     history = []
@@ -111,7 +113,10 @@ def qat_finetune(prepared: nn.Module, *, x_train: np.ndarray, y_train: np.ndarra
         bar = tqdm(total=total, desc=desc, unit="step", leave=False)
     for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
-        for start in range(0, n, batch_size):
+        # No random train transforms: the teacher's logits were computed on the plain images.
+        images = iter_batches(x_train, [order[i:i + batch_size].numpy()
+                                        for i in range(0, n, batch_size)])
+        for start, batch in zip(range(0, n, batch_size), images, strict=True):
             if obs_at is None and step >= freeze_obs:
                 prepared.apply(pt2e.disable_observer)
                 obs_at = step
@@ -121,7 +126,7 @@ def qat_finetune(prepared: nn.Module, *, x_train: np.ndarray, y_train: np.ndarra
             (pt2e.move_exported_model_to_eval if bn_at is not None
              else pt2e.move_exported_model_to_train)(prepared)
             idx = order[start:start + batch_size]
-            logits = prepared(xt[idx])
+            logits = prepared(torch.from_numpy(np.ascontiguousarray(batch)))
             loss = distillation_loss(logits, None if teacher_logits is None
                                      else teacher_logits[idx], yt[idx], alpha=alpha,
                                      temperature=temperature)

@@ -54,8 +54,21 @@ class Context:
                 test_fraction=cfg.test_fraction, seed=self.recipe.seed,
                 image_size=cfg.image_size, grayscale=cfg.grayscale, npz_keys=cfg.npz_keys,
                 limit=cfg.limit, train_limit=cfg.train_limit, eval_limit=cfg.eval_limit,
-                name=cfg.name)
+                name=cfg.name, stream=cfg.stream, workers=cfg.workers, mean=cfg.mean,
+                std=cfg.std, stats_samples=cfg.stats_samples,
+                transforms=photo_transforms(cfg.transforms))
         return self._bundle
+
+
+def photo_transforms(cfg: Any):  # -> PhotoTransforms | None
+    """The data layer's photo transforms from the recipe's ``data.transforms`` (or None)."""
+    if cfg is None:
+        return None
+    from edgecompress.data.stream import PhotoTransforms
+
+    return PhotoTransforms(crop_size=cfg.crop_size, resize_size=cfg.resize_size,
+                           scale=tuple(cfg.scale), hflip=cfg.hflip,
+                           color_jitter=cfg.color_jitter, randaugment=cfg.randaugment)
 
 
 class Stage(ABC):

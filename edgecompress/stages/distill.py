@@ -35,7 +35,14 @@ from edgecompress.stages.losses import (
     feature_mse,
     make_projection,
 )
-from edgecompress.training import TrainResult, accuracy, predict_logits, seed_everything, train
+from edgecompress.training import (
+    TrainResult,
+    accuracy,
+    augments,
+    predict_logits,
+    seed_everything,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +125,8 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Any, cfg: Distil
             projections[f.student] = make_projection(s_taps.outputs[f.student],
                                                      t_taps.outputs[f.teacher]).to(device)
         teacher_logits = None
+    elif augments(data.train.x):
+        teacher_logits = None  # random train transforms: the teacher sees each batch as is
     elif alpha > 0 and teacher_logits is None:
         # No feature terms: the teacher's logits never change, so compute them once.
         teacher_logits = torch.from_numpy(
@@ -140,7 +149,12 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Any, cfg: Distil
                 loss = loss + f.weight * feature_mse(proj(s_taps.outputs[f.student]),
                                                      t_taps.outputs[f.teacher].detach())
             return loss
-        t_logits = teacher_logits[idx.to(device)] if alpha > 0 else None
+        t_logits = None
+        if alpha > 0 and teacher_logits is None:
+            with torch.no_grad():
+                t_logits = teacher(xb)
+        elif alpha > 0:
+            t_logits = teacher_logits[idx.to(device)]
         return distillation_loss(logits, t_logits, yb, **kw)
 
     try:
@@ -220,7 +234,7 @@ class DistillStage(Stage):
             return build_student(ctx).to(device)
 
         teacher_logits = None
-        if cfg.enabled and not cfg.features:
+        if cfg.enabled and not cfg.features and not augments(bundle.train.x):
             teacher_logits = torch.from_numpy(
                 predict_logits(teacher, bundle.train.x, device)).to(device)
         setting = Setting(cfg.loss, cfg.temperature, cfg.alpha if cfg.enabled else 0.0)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from edgecompress.data.stream import parity_sample
 from edgecompress.recipe import recipe_to_dict
 from edgecompress.stages.base import Context, Stage, StageResult
 from edgecompress.stages.common import final_student_source, load_final_student, load_teacher
@@ -47,7 +48,7 @@ class ExportStage(Stage):
             model = model.cpu().eval()
             path = out / f"{role}.onnx"
             export_onnx(model, sample, path, opset=cfg.opset, dynamic_batch=cfg.dynamic_batch)
-            parity = check_parity(model, path, bundle.test.x, atol=cfg.atol,
+            parity = check_parity(model, path, parity_sample(bundle.test.x)[0], atol=cfg.atol,
                                   min_top1_agreement=cfg.min_top1_agreement)
             outputs[role] = path
             metrics[role] = {"parity": parity.to_dict(), "size_bytes": path.stat().st_size}

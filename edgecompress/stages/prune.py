@@ -23,7 +23,7 @@ from edgecompress.recipe import PRUNE_TARGET_KEYS, PruneConfig, recipe_to_dict
 from edgecompress.stages.base import Context, Stage, StageResult
 from edgecompress.stages.common import build_student, load_state, load_teacher, spec_files
 from edgecompress.stages.losses import distillation_loss
-from edgecompress.training import accuracy, predict_logits, seed_everything, train
+from edgecompress.training import accuracy, augments, predict_logits, seed_everything, train
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class PruneStage(Stage):
             record["test_accuracy_pruned"] = accuracy(student, bundle.test.x, bundle.test.y,
                                                       device)
             if cfg.recovery_epochs:
-                result = self._recover(ctx, student, teacher_logits, step)
+                result = self._recover(ctx, student, teacher, teacher_logits, step)
                 record["val_accuracy"] = result.best_val_accuracy
                 record["best_epoch"] = result.best_epoch
             record["test_accuracy_recovered"] = accuracy(student, bundle.test.x, bundle.test.y,
@@ -189,15 +189,25 @@ class PruneStage(Stage):
                              batches=cfg.taylor_batches, batch_size=cfg.batch_size,
                              seed=ctx.recipe.seed)
 
-    def _recover(self, ctx: Context, student: nn.Module, teacher_logits: torch.Tensor,
-                 step: int):
-        """Distillation fine-tuning of the pruned student (best validation epoch kept)."""
+    def _recover(self, ctx: Context, student: nn.Module, teacher: nn.Module,
+                 teacher_logits: torch.Tensor, step: int):
+        """Distillation fine-tuning of the pruned student (best validation epoch kept).
+
+        With random train transforms (a streamed photo split) the teacher sees each augmented
+        batch; otherwise its logits on the plain images are looked up.
+        """
         cfg, bundle, device = ctx.recipe.stages.prune, ctx.bundle, ctx.dist.device
         targets = teacher_logits.to(device)
+        online = augments(bundle.train.x)
 
         def loss_fn(module: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
                     idx: torch.Tensor) -> torch.Tensor:
-            return distillation_loss(module(xb), targets[idx.to(device)], yb, alpha=cfg.alpha,
+            if online:
+                with torch.no_grad():
+                    t_logits = teacher(xb)
+            else:
+                t_logits = targets[idx.to(device)]
+            return distillation_loss(module(xb), t_logits, yb, alpha=cfg.alpha,
                                      temperature=cfg.temperature)
 
         return train(student, student, loss_fn, x_train=bundle.train.x, y_train=bundle.train.y,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from edgecompress.data.stream import parity_sample
 from edgecompress.errors import ConfigError, ParityError
 from edgecompress.io import atomic_path
 from edgecompress.recipe import Recipe, recipe_to_dict
@@ -191,15 +192,15 @@ class QatStage(Stage):
             with open(tmp, "wb") as fh:
                 np.save(fh, logits)
         preset.export(converted, example, out)
+        px, py, plogits = parity_sample(bundle.test.x, bundle.test.y, logits)
         if out.suffix == ".onnx":
-            result["parity"] = _check_onnx(out, logits, bundle.test.x, bundle.test.y, cfg,
-                                           converted)
+            result["parity"] = _check_onnx(out, plogits, px, py, cfg, converted)
         elif out.suffix == ".tflite":
             from edgecompress.export.tflite import check_tflite_parity
 
             result["parity"] = check_tflite_parity(
-                out, logits, bundle.test.x, min_top1_agreement=cfg.min_top1_agreement,
-                y=bundle.test.y, max_metric_diff_pp=cfg.max_metric_diff_pp, rtol=cfg.rtol)
+                out, plogits, px, min_top1_agreement=cfg.min_top1_agreement,
+                y=py, max_metric_diff_pp=cfg.max_metric_diff_pp, rtol=cfg.rtol)
         if name == "tensorrt":
             # TensorRT cannot run here; its rules can be checked on the CPU (raises ModelError
             # listing every finding: our own export breaking them is a bug, never shipped).

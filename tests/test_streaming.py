@@ -1,0 +1,185 @@
+"""Streamed image folders (issue 15 items 1-2): splits stay on disk and decode per batch in
+DataLoader workers, real-photo transforms from torchvision v2 (random train, deterministic
+eval), statistics on a sample, bounded memory, and a whole run on 224x224 JPEGs."""
+
+from __future__ import annotations
+
+import json
+import os
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecompress.data import load_dataset
+from edgecompress.data.stream import ImageStream, PhotoTransforms, parity_sample
+from edgecompress.devtools.synthetic_images import write_image_folder
+from edgecompress.errors import ConfigError
+from edgecompress.training import predict_logits
+from tests.conftest import run_cli
+
+pytest.importorskip("torchvision")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    """3 classes x 40 JPEGs of differing sizes around 72x80."""
+    return write_image_folder(tmp_path_factory.mktemp("data") / "photos", classes=3,
+                              per_class=40, size=(72, 80), jitter=12)
+
+
+def test_photo_transforms_random_for_training_and_fixed_for_evaluation(photos: Path) -> None:
+    bundle = load_dataset("imagefolder", photos, transforms=PhotoTransforms(crop_size=48))
+    x = bundle.train.x
+    assert isinstance(x, ImageStream) and x.augments
+    assert x.shape == (len(bundle.train), 3, 48, 48) and bundle.input_shape == (3, 48, 48)
+    first, again = x[:8], x[np.arange(8)]
+    assert first.dtype == np.float32 and np.array_equal(first, again), "eval is deterministic"
+    train = next(x.batches([np.arange(8)], train=True))
+    assert train.shape == first.shape and not np.allclose(train, first), "train is random"
+    info = bundle.describe()
+    assert info["streamed"] is True
+    assert info["image_transforms"]["library"] == "torchvision.transforms.v2"
+    assert [t["op"] for t in info["image_transforms"]["eval"]] == ["Resize", "CenterCrop"]
+    # Normalised with statistics of the train split (a seeded sample of it).
+    mean = np.asarray(bundle.mean, np.float32).reshape(1, 3, 1, 1)
+    assert np.abs((np.asarray(x) * np.asarray(bundle.std).reshape(1, 3, 1, 1) + mean)
+                  .mean(axis=(0, 2, 3))).max() <= 1.0
+
+
+def test_streamed_statistics_on_every_image_equal_the_in_memory_ones(photos: Path) -> None:
+    kw = {"image_size": (40, 40), "seed": 3}
+    memory = load_dataset("imagefolder", photos, stream=False, **kw)
+    streamed = load_dataset("imagefolder", photos, stream=True, stats_samples=10_000, **kw)
+    assert isinstance(memory.train.x, np.ndarray) and isinstance(streamed.train.x, ImageStream)
+    np.testing.assert_allclose(streamed.mean, memory.mean, rtol=1e-5)
+    np.testing.assert_allclose(streamed.std, memory.std, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(streamed.test.x), memory.test.x, atol=1e-5)
+    assert np.array_equal(streamed.test.y, memory.test.y)
+
+
+def test_given_mean_and_std_are_used(photos: Path) -> None:
+    bundle = load_dataset("imagefolder", photos, image_size=(16, 16), stream=True,
+                          mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25])
+    raw = load_dataset("imagefolder", photos, image_size=(16, 16), normalize=False)
+    assert bundle.mean == [0.5] * 3
+    np.testing.assert_allclose(np.asarray(bundle.val.x), (raw.val.x - 0.5) / 0.25, atol=1e-5)
+
+
+def test_auto_streams_above_the_memory_threshold(photos: Path, monkeypatch) -> None:
+    assert isinstance(load_dataset("imagefolder", photos, image_size=(16, 16)).train.x,
+                      np.ndarray), "a small folder is decoded into memory"
+    monkeypatch.setattr("edgecompress.data.datasets.STREAM_BYTES", 1000)
+    assert isinstance(load_dataset("imagefolder", photos, image_size=(16, 16)).train.x,
+                      ImageStream)
+
+
+def test_a_streamed_epoch_holds_a_few_batches_not_the_split(tmp_path: Path) -> None:
+    root = write_image_folder(tmp_path / "many", classes=2, per_class=200, size=(64, 64))
+    bundle = load_dataset("imagefolder", root, stream=True, workers=0, val_fraction=0.1,
+                          test_fraction=0.1)
+    x = bundle.train.x
+    whole = len(x) * 3 * 64 * 64 * 4
+    batches = [np.arange(i, min(len(x), i + 16)) for i in range(0, len(x), 16)]
+    tracemalloc.start()
+    seen = sum(b.shape[0] for b in x.batches(batches, train=True))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert seen == len(x) == 320
+    batch = 16 * 3 * 64 * 64 * 4
+    assert peak < 4 * batch and 4 * batch <= whole / 5, f"peak {peak} bytes for a split of {whole} bytes"
+
+
+def test_fingerprint_follows_the_files(photos: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(photos, tmp_path / "copy"))
+    first = load_dataset("imagefolder", copy, stream=True, image_size=(16, 16)).fingerprint()
+    assert load_dataset("imagefolder", copy, stream=True,
+                        image_size=(16, 16)).fingerprint() == first
+    victim = next((copy / "class_1").iterdir())
+    os.utime(victim, ns=(1, 1))
+    assert load_dataset("imagefolder", copy, stream=True,
+                        image_size=(16, 16)).fingerprint() != first
+
+
+def test_parity_sample_bounds_a_stream_and_keeps_arrays(photos: Path) -> None:
+    bundle = load_dataset("imagefolder", photos, stream=True, image_size=(16, 16))
+    x, y = parity_sample(bundle.train.x, bundle.train.y, limit=10)
+    assert isinstance(x, np.ndarray) and x.shape == (10, 3, 16, 16) and len(y) == 10
+    arr = np.zeros((20, 1, 2, 2), np.float32)
+    assert parity_sample(arr, limit=10)[0] is arr
+
+
+def test_predict_logits_streams_in_bounded_batches(photos: Path) -> None:
+    import torch
+
+    bundle = load_dataset("imagefolder", photos, transforms=PhotoTransforms(crop_size=32))
+    sizes: list[int] = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            sizes.append(x.shape[0])
+            return x.mean(dim=(2, 3))
+
+    logits = predict_logits(Probe(), bundle.train.x, torch.device("cpu"), batch_size=20)
+    assert logits.shape == (len(bundle.train), 3) and max(sizes) == 20
+    np.testing.assert_allclose(logits, np.asarray(bundle.train.x).mean(axis=(2, 3)), atol=1e-5)
+
+
+@pytest.mark.parametrize("data, fragment", [
+    ({"source": "digits", "transforms": {"crop_size": 32}}, "transforms needs source: imagefolder"),
+    ({"source": "imagefolder", "path": "x", "image_size": [8, 8], "transforms": {}},
+     "image_size and transforms cannot be combined"),
+    ({"source": "imagefolder", "path": "x", "stream": False, "transforms": {}},
+     "need streaming"),
+    ({"source": "imagefolder", "path": "x", "mean": [0.5]}, "mean and std must be given"),
+    ({"source": "imagefolder", "path": "x", "transforms": {"scale": [0.5, 0.2]}}, "scale"),
+])
+def test_bad_streaming_options_exit_2(write_recipe, data, fragment) -> None:
+    recipe = write_recipe({"data": {**data, "limit": None}})
+    result = run_cli("validate", str(recipe))
+    assert result.returncode == 2, result.stderr
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+
+
+def test_load_dataset_refuses_photo_transforms_on_arrays() -> None:
+    with pytest.raises(ConfigError, match="needs an image folder"):
+        load_dataset("digits", transforms=PhotoTransforms(crop_size=16))
+
+
+@pytest.mark.slow
+def test_jpeg_folder_at_224_runs_end_to_end_with_photo_transforms(write_recipe,
+                                                                  tmp_path: Path) -> None:
+    """Done-when of issue 15: a recipe on 224x224 JPEGs with the real-photo transforms runs
+    through finetune, distillation, PTQ, export and both ORT engines."""
+    root = write_image_folder(tmp_path / "photos", classes=3, per_class=30, size=(240, 256),
+                              jitter=24)
+    recipe = write_recipe({
+        "data": {"source": "imagefolder", "path": str(root), "limit": None,
+                 "transforms": {"crop_size": 224, "color_jitter": 0.2},
+                 "calibration_samples": 16, "name": "synthetic photos"},
+        "teacher": {"kind": "builtin", "family": "resnet", "width": 0.25, "depth": 1},
+        "student": {"kind": "builtin", "family": "resnet", "width": 0.25, "depth": 1},
+        "stages": {"finetune": {"epochs": 1, "batch_size": 16},
+                   "distill": {"epochs": 1, "batch_size": 16},
+                   "qat": {"enabled": True, "mode": "ptq"}},
+        "targets": [{"name": "int8", "backend": "onnxruntime", "precision": "int8",
+                     "threads": 1, "warmup": 1, "runs": 50},
+                    {"name": "fp32", "backend": "onnxruntime", "threads": 1, "warmup": 1,
+                     "runs": 50}],
+    })
+    out = tmp_path / "run"
+    result = run_cli("run", str(recipe), "--out", str(out))
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    dataset = report["dataset"]
+    assert dataset["name"] == "synthetic photos" and dataset["streamed"] is True
+    assert dataset["input_shape"] == [3, 224, 224]
+    assert [t["op"] for t in dataset["image_transforms"]["train"]] == [
+        "RandomResizedCrop", "RandomHorizontalFlip", "ColorJitter"]
+    engines = {t["name"]: t for t in report["targets"]}
+    assert set(engines) == {"int8", "fp32"}
+    assert all(0.0 <= t["accuracy"] <= 1.0 for t in engines.values())
+    assert engines["int8"]["int8_kernels"], "the int8 engine runs int8 kernels"

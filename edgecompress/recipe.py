@@ -60,11 +60,12 @@ class PhotoTransformsConfig(_Strict):
 class DataConfig(_Strict):
     """Where the data comes from and how it is split."""
 
-    source: Literal["digits", "npz", "idx", "imagefolder"] = Field(
+    source: Literal["digits", "npz", "idx", "imagefolder", "hf"] = Field(
         "digits", description="Dataset kind: built-in sklearn digits, an .npz file, a directory of "
-        "MNIST-format IDX files (optionally .gz), or an image folder (one subfolder per class; "
+        "MNIST-format IDX files (optionally .gz), an image folder (one subfolder per class; "
         "train/ + test/ subfolders give the test split; or a .csv/.json index of "
-        "path,label[,split]).")
+        "path,label[,split]), or hf: a Hugging Face dataset directory written by "
+        "save_to_disk (train [+ test] splits, an Image column and a label column).")
     path: Path | None = Field(None, description="File or directory for npz/idx/imagefolder; "
                               "relative paths resolve against the recipe's directory.")
     npz_keys: tuple[str, str] = Field(("x", "y"), description="Array keys of inputs and labels in "
@@ -93,6 +94,10 @@ class DataConfig(_Strict):
                              "name).")
     calibration_samples: int = Field(256, gt=0, description="Size of the stratified calibration "
                                      "subset sampled from the train split and saved in the run.")
+    image_column: str | None = Field(None, min_length=1, max_length=200, description="Source hf: "
+                                     "the image column (default image or img).")
+    label_column: str | None = Field(None, min_length=1, max_length=200, description="Source hf: "
+                                     "the label column (default label or labels).")
     stream: Literal["auto"] | bool = Field("auto", description="Image folders: true keeps the "
                                            "splits on disk and decodes each batch in DataLoader "
                                            "workers (memory independent of the image count); "
@@ -116,10 +121,11 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _streaming(self) -> DataConfig:
-        if self.source != "imagefolder" and (self.stream is True or self.transforms is not None):
+        if self.source not in ("imagefolder", "hf") and (self.stream is True
+                                                         or self.transforms is not None):
             key = "transforms" if self.transforms is not None else "stream: true"
-            raise ValueError(f"{key} needs source: imagefolder (source {self.source!r} is read "
-                             f"into memory)")
+            raise ValueError(f"{key} needs source: imagefolder or hf (source {self.source!r} is "
+                             f"read into memory)")
         if self.transforms is not None and self.image_size is not None:
             raise ValueError("image_size and transforms cannot be combined: the photo "
                              "transforms resize (resize_size) and crop (crop_size) themselves")

@@ -47,7 +47,9 @@ from edgecompress.errors import BackendUnavailable, ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-SOURCES = ("digits", "npz", "idx", "imagefolder")
+SOURCES = ("digits", "npz", "idx", "imagefolder", "hf")
+#: Sources whose images stay encoded until a split needs them (streamable).
+IMAGE_SOURCES = ("imagefolder", "hf")
 # IDX type codes -> big-endian numpy dtypes (http://yann.lecun.com/exdb/mnist/).
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _FINGERPRINT_VERSION = 1
@@ -334,6 +336,37 @@ def _load_imagefolder(root: Path, image_size: tuple[int, int] | None, grayscale:
                 test_source=f"image folder {given[1]}")
 
 
+def _load_hf(path: Path, image_size: tuple[int, int] | None, grayscale: bool,
+             transforms: PhotoTransforms | None, workers: int | None,
+             columns: tuple[str | None, str | None]) -> _Raw:
+    """A Hugging Face dataset saved to disk: labels read now, images decoded per batch later."""
+    from edgecompress.data.hfdisk import image_shape_of, scan_hf_dataset
+
+    scan = scan_hf_dataset(path, *columns)
+    sources = scan["sources"]
+    if transforms is not None:
+        shape = (1 if grayscale else 3, transforms.crop_size, transforms.crop_size)
+    elif image_size is not None:
+        shape = (1 if grayscale else 3, *image_size)
+    else:
+        shape = image_shape_of(sources["train"], grayscale)
+        if "test" in sources and image_shape_of(sources["test"], grayscale) != shape:
+            raise DataError(f"{path}: test images differ in size from train images; set "
+                            f"data.image_size or data.transforms")
+
+    def stream(role: str) -> ImageStream:
+        return ImageStream(sources[role], np.arange(len(sources[role])), shape,
+                           grayscale=grayscale, image_size=image_size, photo=transforms,
+                           workers=workers)
+
+    labels = scan["labels"]
+    given = "test" in sources
+    return _Raw(path.resolve().name, stream("train"), labels["train"], scan["class_names"],
+                stream("test") if given else None, labels["test"] if given else None,
+                label_source=scan["label_source"], test_source=scan["test_source"],
+                label_mapping=scan["label_mapping"])
+
+
 def _adapt(x: np.ndarray, image_size: tuple[int, int] | None, grayscale: bool,
            where: str) -> np.ndarray:
     """Apply ``grayscale`` (ITU-R 601 luma, as Pillow's "L") and ``image_size`` to array data."""
@@ -385,7 +418,7 @@ def _transforms(source: str, raw_dtype_uint8: bool, image_size: tuple[int, int] 
     steps: list[dict[str, Any]] = []
     if source == "digits":
         steps.append({"op": "scale", "factor": 1 / 16, "why": "digits pixels are 0..16"})
-    elif source == "imagefolder" or raw_dtype_uint8:
+    elif source in IMAGE_SOURCES or raw_dtype_uint8:
         steps.append({"op": "scale", "factor": 1 / 255, "why": "uint8 pixels"})
     if grayscale:
         steps.append({"op": "grayscale", "method": "ITU-R 601 luma"})
@@ -421,10 +454,10 @@ def _check_stream_options(source: str, stream: bool | str, transforms: PhotoTran
                           std: list[float] | None) -> None:
     if stream not in (True, False, "auto"):
         raise ConfigError(f"data.stream must be true, false or 'auto', got {stream!r}")
-    if source != "imagefolder" and (stream is True or transforms is not None):
+    if source not in IMAGE_SOURCES and (stream is True or transforms is not None):
         key = "data.transforms" if transforms is not None else "data.stream: true"
-        raise ConfigError(f"{key} needs an image folder (source: imagefolder); source "
-                          f"{source!r} is read into memory")
+        raise ConfigError(f"{key} needs an image folder or a Hugging Face dataset (source: "
+                          f"imagefolder or hf); source {source!r} is read into memory")
     if transforms is not None:
         if stream is False:
             raise ConfigError("data.transforms (preset photo) decodes every image per batch and "
@@ -467,6 +500,8 @@ def load_dataset(
     std: list[float] | None = None,
     stats_samples: int = 1000,
     workers: int | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> DatasetBundle:
     """Load a dataset, check it, split it reproducibly and normalise it with train statistics.
 
@@ -474,8 +509,9 @@ def load_dataset(
     later stage (training, pruning, calibration, export parity) sees identical preprocessing.
 
     Args:
-        source: ``"digits"``, ``"npz"``, ``"idx"`` or ``"imagefolder"``.
-        path: File (npz) or directory (idx, imagefolder); must be None for digits.
+        source: ``"digits"``, ``"npz"``, ``"idx"``, ``"imagefolder"`` or ``"hf"`` (a Hugging
+            Face dataset written by ``save_to_disk``).
+        path: File (npz) or directory (idx, imagefolder, hf); must be None for digits.
         val_fraction: Share of the samples for validation. When the source ships its own test
             split (npz ``x_test``/``y_test``, idx ``t10k-*``) it is a share of the train part.
         test_fraction: Share of the samples for test; ignored when the source has a test split.
@@ -503,6 +539,8 @@ def load_dataset(
         mean, std: Per-channel normalisation to use instead of the train split's statistics.
         stats_samples: Streamed splits compute mean/std on this many seeded train images.
         workers: DataLoader worker processes for streamed splits (default: automatic).
+        image_column, label_column: Columns of a Hugging Face dataset (source ``hf``; default
+            ``image``/``img`` and ``label``/``labels``).
 
     Returns:
         The bundle with float32 NCHW splits and int64 labels 0..K-1; ``bundle.describe()`` says
@@ -524,9 +562,12 @@ def load_dataset(
         raw = _load_npz(Path(path), tuple(npz_keys))
     elif source == "idx":
         raw = _load_idx(Path(path))
+    elif source == "hf":
+        raw = _load_hf(Path(path), image_size, grayscale, transforms, workers,
+                       (image_column, label_column))
     else:
         raw = _load_imagefolder(Path(path), image_size, grayscale, transforms, workers)
-    if source != "imagefolder":
+    if source not in IMAGE_SOURCES:
         raw.x = _adapt(raw.x, image_size, grayscale, raw.name)
         if raw.x_test is not None:
             raw.x_test = _adapt(raw.x_test, image_size, grayscale, raw.name)
@@ -590,7 +631,7 @@ def load_dataset(
         hint=(f"every class needs samples in train, val and test (val_fraction={val_fraction}"
               + ("" if given_test else f", test_fraction={test_fraction}")
               + "); add samples of this class, remove it, or use a larger limit"))
-    streamed = source == "imagefolder" and _should_stream(
+    streamed = source in IMAGE_SOURCES and _should_stream(
         stream, transforms, sum(sizes.values()) * math.prod(x.shape[1:]) * 4)
     x_train, x_val = _take(x, train_idx), _take(x, val_idx)
     if x_test is None:

@@ -115,22 +115,54 @@ class _Resize:
         return np.asarray(img, dtype=np.uint8)
 
 
-class _Decode:
-    """Dataset over files: item ``i`` is a uint8 (C, H, W) array, or an error string (a worker's
-    exception would reach the user as a traceback; the main process raises a DataError)."""
+class FileImages:
+    """Image files on disk as an image source: ``open(i)`` is a PIL image of file ``i``."""
 
-    def __init__(self, files: Sequence[Path], mode: str, transform: Callable) -> None:
-        self.files, self.mode, self.transform = files, mode, transform
+    def __init__(self, files: Sequence[Path]) -> None:
+        self.files = list(files)
 
     def __len__(self) -> int:
         return len(self.files)
 
+    def open(self, i: int):
+        from PIL import Image
+
+        return Image.open(self.files[i])
+
+    def name(self, i: int) -> str:
+        return str(self.files[i])
+
+    def fingerprint(self, rows: np.ndarray, digest: Any) -> None:
+        """Each file's name, size and modification time (as make does; hashing every image's
+        bytes would read the whole dataset)."""
+        files = hashlib.sha256()
+        for row in rows.tolist():
+            file = self.files[row]
+            try:
+                stat = os.stat(file)
+            except OSError as exc:
+                raise DataError(f"cannot read image {file}: {exc}") from exc
+            files.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(files.digest())
+
+
+class _Decode:
+    """Dataset over an image source: item ``i`` is a uint8 (C, H, W) array, or an error string
+    (a worker's exception would reach the user as a traceback; the main process raises a
+    DataError)."""
+
+    def __init__(self, source: Any, mode: str, transform: Callable) -> None:
+        self.source, self.mode, self.transform = source, mode, transform
+
+    def __len__(self) -> int:
+        return len(self.source)
+
     def __getitem__(self, i: int) -> np.ndarray | str:
         from PIL import Image, ImageOps
 
-        file = self.files[i]
+        file = self.source.name(i)
         try:
-            with Image.open(file) as img:
+            with self.source.open(i) as img:
                 img = ImageOps.exif_transpose(img).convert(self.mode)
             arr = np.asarray(self.transform(img), dtype=np.uint8)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
@@ -150,7 +182,9 @@ class ImageStream:
     """A split's images as a lazy, normalised float32 (N, C, H, W) array (see module docstring).
 
     Args:
-        files: every image file of the source (a split refers to some of them by ``rows``).
+        files: every image file of the source (a split refers to some of them by ``rows``), or
+            an image source with ``open(i)``/``name(i)``/``fingerprint`` (:class:`FileImages`,
+            a Hugging Face dataset on disk).
         rows: indices into ``files`` of this split's images, in order.
         shape: (C, H, W) every image decodes to.
         grayscale: decode to one channel.
@@ -167,7 +201,7 @@ class ImageStream:
                  grayscale: bool = False, image_size: tuple[int, int] | None = None,
                  photo: PhotoTransforms | None = None, mean: Sequence[float] | None = None,
                  std: Sequence[float] | None = None, workers: int | None = None) -> None:
-        self.files = files
+        self.files = files if hasattr(files, "open") else FileImages(files)
         self.rows = np.asarray(rows, np.int64)
         self.image_shape = tuple(int(v) for v in shape)
         self.grayscale, self.image_size, self.photo = grayscale, image_size, photo
@@ -259,7 +293,7 @@ class ImageStream:
             if isinstance(pixels, str):
                 raise DataError(pixels)
             if pixels.shape != self.image_shape:
-                raise DataError(f"{self.files[rows[k]]}: decoded to shape {pixels.shape} "
+                raise DataError(f"{self.files.name(rows[k])}: decoded to shape {pixels.shape} "
                                 f"(C, H, W), expected {self.image_shape}")
             out[k] = pixels
         out /= np.float32(255.0)
@@ -278,23 +312,14 @@ class ImageStream:
 
     # -- provenance ---------------------------------------------------------------------------
     def fingerprint(self, digest: Any) -> None:
-        """Feed the split's identity to ``digest``: each file's name, size and modification time
-        (as make does; hashing every image's bytes would read the whole dataset) plus the
-        transforms and normalisation."""
+        """Feed the split's identity to ``digest``: the source's identity of each image (a
+        file's name, size and time) plus the transforms and normalisation."""
         meta = {"shape": list(self.image_shape), "grayscale": self.grayscale,
                 "image_size": list(self.image_size) if self.image_size else None,
                 "photo": asdict(self.photo) if self.photo else None,
                 "mean": self.mean.tolist(), "std": self.std.tolist()}
         digest.update(repr(sorted(meta.items())).encode())
-        files = hashlib.sha256()
-        for row in self.rows.tolist():
-            file = self.files[row]
-            try:
-                stat = os.stat(file)
-            except OSError as exc:
-                raise DataError(f"cannot read image {file}: {exc}") from exc
-            files.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        digest.update(files.digest())
+        self.files.fingerprint(self.rows, digest)
 
 
 def stream_statistics(stream: ImageStream, samples: int, seed: int) -> tuple[list[float],

@@ -56,7 +56,8 @@ class Context:
                 limit=cfg.limit, train_limit=cfg.train_limit, eval_limit=cfg.eval_limit,
                 name=cfg.name, stream=cfg.stream, workers=cfg.workers, mean=cfg.mean,
                 std=cfg.std, stats_samples=cfg.stats_samples,
-                transforms=photo_transforms(cfg.transforms))
+                transforms=photo_transforms(cfg.transforms), image_column=cfg.image_column,
+                label_column=cfg.label_column)
         return self._bundle
 
 

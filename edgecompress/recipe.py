@@ -292,9 +292,10 @@ class DistillConfig(_Strict):
                                          "projections (MSE).")
     patience: int = Field(10, ge=1, description="Early stopping patience in epochs (best "
                           "validation checkpoint kept).")
-    augment: Literal["none", "shift", "mixup", "shift+mixup"] = Field(
+    augment: Literal["none", "shift", "mixup", "shift+mixup", "cutmix", "shift+cutmix"] = Field(
         "none", description="Batch augmentation; teacher and student see the same augmented "
-        "inputs (function matching), the baseline gets the same augmentation.")
+        "inputs (function matching), the baseline gets the same augmentation. Adds to the "
+        "data's photo transforms when those are set.")
     baseline: bool = Field(True, description="Also train the same student on hard labels only with "
                            "the same budget, and carry forward whichever of the two is better on "
                            "the validation split (the distilled one on a tie).")

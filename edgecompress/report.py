@@ -225,6 +225,13 @@ def _int8_section(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _crop(dataset: dict[str, Any]) -> Any:
+    """The photo preset's crop size, from its recorded eval pipeline."""
+    steps = dataset["image_transforms"].get("eval") or []
+    return next((step.get("size") for step in steps if isinstance(step, dict)
+                 and step.get("op") == "CenterCrop"), "?")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """A human-readable summary of a report.json document (teacher-less reports included)."""
     env = report.get("environment") or {}
@@ -240,7 +247,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"{samples.get('test')} samples"
                      + (f" (test subsampled from {dataset['test_shrunk_from']})"
                         if dataset.get("test_shrunk_from") else "")
-                     + (", labels remapped" if dataset.get("label_mapping") else "") + ".")
+                     + (", labels remapped" if dataset.get("label_mapping") else "")
+                     + (", streamed from disk" if dataset.get("streamed") else "")
+                     + (f", photo transforms (crop {_crop(dataset)})"
+                        if isinstance(dataset.get("image_transforms"), dict) else "") + ".")
     lines = [f"# edgecompress report: {title}", "",
              f"{data_line} CPU: {cpu.get('model', '?')} "
              f"(flags: {', '.join(cpu.get('flags') or []) or '-'}).", ""]

@@ -37,7 +37,7 @@ def test_feature_matching_and_baseline(write_recipe, tmp_path):
     assert metrics["distillation"]["kept"] == metrics["kept"]
 
 
-@pytest.mark.parametrize("augment", ["shift", "shift+mixup"])
+@pytest.mark.parametrize("augment", ["shift", "shift+mixup", "cutmix"])
 def test_augmented_distillation_trains(write_recipe, tmp_path, augment):
     _, metrics = _distill(write_recipe, tmp_path, {"augment": augment, "epochs": 3})
     assert metrics["student"]["test_accuracy"] > 0.3

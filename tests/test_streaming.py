@@ -186,6 +186,7 @@ def test_jpeg_folder_at_224_runs_end_to_end_with_photo_transforms(write_recipe,
     assert set(engines) == {"int8", "fp32"}
     assert all(0.0 <= t["accuracy"] <= 1.0 for t in engines.values())
     assert engines["int8"]["int8_kernels"], "the int8 engine runs int8 kernels"
+    assert "streamed from disk, photo transforms (crop 224)" in (out / "report.md").read_text()
 
 
 # --- Hugging Face datasets saved to disk ----------------------------------------------------------
@@ -268,3 +269,18 @@ def test_run_on_a_hf_dataset_reports_it(write_recipe, tmp_path: Path) -> None:
     dataset = json.loads((out / "report.json").read_text())["dataset"]
     assert dataset["source"] == "hf" and dataset["streamed"] is True
     assert dataset["samples"]["test"] == 45 and dataset["class_names"] == ["red", "green", "blue"]
+
+
+def test_cutmix_pastes_one_box_and_reports_the_kept_fraction() -> None:
+    import torch
+
+    from edgecompress.stages.augment import cutmix
+
+    torch.manual_seed(0)
+    x = torch.arange(4, dtype=torch.float32).reshape(4, 1, 1, 1).expand(4, 1, 16, 16).clone()
+    out, perm, lam = cutmix(x)
+    for i in range(4):
+        changed = (out[i] != x[i]).float().mean().item()
+        if perm[i] != i:
+            assert changed == pytest.approx(1 - lam), "the pasted box is 1 - lambda of the image"
+        assert set(out[i].unique().tolist()) <= {float(i), float(perm[i])}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-AUGMENTATIONS = ("none", "shift", "mixup", "shift+mixup")
+AUGMENTATIONS = ("none", "shift", "mixup", "shift+mixup", "cutmix", "shift+cutmix")
 
 
 def random_shift(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -33,3 +33,26 @@ def mixup(x: torch.Tensor, alpha: float = 0.4, generator: torch.Generator | None
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
     return lam * x + (1 - lam) * x[perm], perm, lam
+
+
+def cutmix(x: torch.Tensor, alpha: float = 1.0, generator: torch.Generator | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Paste a random box of a shuffled copy into each image (Yun et al. 2019); returns (mixed
+    x, permutation, lambda = the fraction of each image left unchanged).
+
+    Written here rather than taken from torchvision's ``v2.CutMix`` because that one mixes
+    one-hot labels, while distillation needs the permutation and lambda: the teacher labels the
+    mixed batch afresh and the hard-label term is weighted by lambda.
+    """
+    n, _, h, w = x.shape
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(n, generator=generator).to(x.device)
+    cut_h, cut_w = int(round(h * (1 - lam) ** 0.5)), int(round(w * (1 - lam) ** 0.5))
+    cy = int(torch.randint(0, h, (1,), generator=generator))
+    cx = int(torch.randint(0, w, (1,), generator=generator))
+    top, bottom = max(0, cy - cut_h // 2), min(h, cy + (cut_h + 1) // 2)
+    left, right = max(0, cx - cut_w // 2), min(w, cx + (cut_w + 1) // 2)
+    out = x.clone()
+    out[:, :, top:bottom, left:right] = x[perm, :, top:bottom, left:right]
+    lam = 1.0 - (bottom - top) * (right - left) / float(h * w)
+    return out, perm, lam

@@ -26,7 +26,7 @@ from torch import nn
 
 from edgecompress.distributed import DistInfo
 from edgecompress.recipe import DistillConfig, recipe_to_dict
-from edgecompress.stages.augment import mixup, random_shift
+from edgecompress.stages.augment import cutmix, mixup, random_shift
 from edgecompress.stages.base import Context, Stage, StageResult
 from edgecompress.stages.common import build_student, load_teacher, save_state, spec_files
 from edgecompress.stages.losses import (
@@ -347,6 +347,8 @@ def augmented_loss(module: nn.Module, teacher: nn.Module | None, xb: torch.Tenso
     perm, lam = None, 1.0
     if "mixup" in augment:
         xb, perm, lam = mixup(xb)
+    elif "cutmix" in augment:
+        xb, perm, lam = cutmix(xb)
     logits = module(xb)
     t_logits = None
     if teacher is not None:

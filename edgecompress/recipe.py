@@ -98,12 +98,12 @@ class DataConfig(_Strict):
                                      "the image column (default image or img).")
     label_column: str | None = Field(None, min_length=1, max_length=200, description="Source hf: "
                                      "the label column (default label or labels).")
-    stream: Literal["auto"] | bool = Field("auto", description="Image folders: true keeps the "
-                                           "splits on disk and decodes each batch in DataLoader "
-                                           "workers (memory independent of the image count); "
-                                           "false decodes the kept images into memory; auto "
-                                           "streams above 512 MiB of float32 pixels or with "
-                                           "photo transforms.")
+    stream: Literal["auto"] | bool = Field("auto", description="true: splits stay on disk "
+                                           "(image folders, hf: decoded per batch in DataLoader "
+                                           "workers) or in their own dtype (idx memory-mapped, "
+                                           "npz: converted per batch); false: float32 arrays in "
+                                           "memory; auto: stream above 512 MiB of float32 "
+                                           "pixels or with photo transforms.")
     workers: int | None = Field(None, ge=0, le=64, description="DataLoader worker processes for "
                                 "streamed images (default: none below 512 images per pass, "
                                 "else up to 4, one less than the CPU count).")
@@ -121,11 +121,9 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _streaming(self) -> DataConfig:
-        if self.source not in ("imagefolder", "hf") and (self.stream is True
-                                                         or self.transforms is not None):
-            key = "transforms" if self.transforms is not None else "stream: true"
-            raise ValueError(f"{key} needs source: imagefolder or hf (source {self.source!r} is "
-                             f"read into memory)")
+        if self.source not in ("imagefolder", "hf") and self.transforms is not None:
+            raise ValueError(f"transforms needs source: imagefolder or hf (source "
+                             f"{self.source!r} holds arrays)")
         if self.transforms is not None and self.image_size is not None:
             raise ValueError("image_size and transforms cannot be combined: the photo "
                              "transforms resize (resize_size) and crop (crop_size) themselves")

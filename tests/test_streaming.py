@@ -284,3 +284,62 @@ def test_cutmix_pastes_one_box_and_reports_the_kept_fraction() -> None:
         if perm[i] != i:
             assert changed == pytest.approx(1 - lam), "the pasted box is 1 - lambda of the image"
         assert set(out[i].unique().tolist()) <= {float(i), float(perm[i])}
+
+
+# --- array sources (idx, npz) streamed from their own dtype --------------------------------------
+
+def _idx_dir(root: Path) -> Path:
+    from sklearn.datasets import load_digits
+
+    from tests.test_data_sanity import _write_idx
+
+    digits = load_digits()
+    pixels = (digits.images * 255 / 16).astype(np.uint8)
+    root.mkdir()
+    _write_idx(root / "train-images-idx3-ubyte", pixels[:1400])
+    _write_idx(root / "train-labels-idx1-ubyte", digits.target[:1400])
+    _write_idx(root / "t10k-images-idx3-ubyte", pixels[1400:])
+    _write_idx(root / "t10k-labels-idx1-ubyte", digits.target[1400:])
+    return root
+
+
+def test_idx_streams_from_the_memory_mapped_file_with_the_same_numbers(tmp_path: Path) -> None:
+    from edgecompress.data.stream import ArrayStream
+
+    root = _idx_dir(tmp_path / "idx")
+    kw = {"train_limit": 600, "image_size": (12, 12), "seed": 1}
+    memory = load_dataset("idx", root, **kw)
+    streamed = load_dataset("idx", root, stream=True, **kw)
+    x = streamed.train.x
+    assert isinstance(x, ArrayStream) and x.raw.dtype == np.uint8
+    base, chain = x.raw, []
+    while base is not None:
+        chain.append(type(base).__name__)
+        base = getattr(base, "base", None)
+    assert "memmap" in chain or "mmap" in chain, f"not file-backed: {chain}"
+    assert not x.augments and streamed.describe()["streamed"] is True
+    np.testing.assert_allclose(streamed.mean, memory.mean, rtol=1e-6)
+    np.testing.assert_allclose(streamed.std, memory.std, rtol=1e-6)
+    for split in ("train", "val", "test"):
+        np.testing.assert_allclose(np.asarray(getattr(streamed, split).x),
+                                   getattr(memory, split).x, atol=1e-5)
+        assert np.array_equal(getattr(streamed, split).y, getattr(memory, split).y)
+    rows = np.array([5, 1, 5, 0])
+    np.testing.assert_allclose(x[rows], memory.train.x[rows], atol=1e-5)
+
+
+def test_npz_streams_with_grayscale_and_auto_threshold(tmp_path: Path, monkeypatch) -> None:
+    from edgecompress.data.stream import ArrayStream
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "rgb.npz"
+    np.savez(path, x=rng.integers(0, 256, (90, 10, 10, 3), dtype=np.uint8),
+             y=np.arange(90) % 3)
+    memory = load_dataset("npz", path, grayscale=True)
+    assert isinstance(memory.train.x, np.ndarray)
+    monkeypatch.setattr("edgecompress.data.datasets.STREAM_BYTES", 1000)
+    streamed = load_dataset("npz", path, grayscale=True)
+    assert isinstance(streamed.train.x, ArrayStream) and streamed.input_shape == (1, 10, 10)
+    np.testing.assert_allclose(np.asarray(streamed.test.x), memory.test.x, atol=1e-5)
+    assert streamed.fingerprint() != memory.fingerprint()
+    assert load_dataset("npz", path, grayscale=True).fingerprint() == streamed.fingerprint()

@@ -38,8 +38,10 @@ from edgecompress.data.split import (
 from edgecompress.data.split import normalize as normalize_array
 from edgecompress.data.stream import (
     STREAM_BYTES,
+    ArrayStream,
     ImageStream,
     PhotoTransforms,
+    adapt_pixels,
     is_stream,
     stream_statistics,
 )
@@ -133,8 +135,8 @@ class _Raw:
     uint8: bool = False
 
 
-def _to_nchw(x: np.ndarray, where: str) -> np.ndarray:
-    """Convert images to float32 NCHW; uint8 is scaled by 1/255, other dtypes keep their values."""
+def _nchw_view(x: np.ndarray, where: str) -> np.ndarray:
+    """Images as an (N, C, H, W) view in their own dtype (no copy; checked: shape, numeric)."""
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4:
@@ -150,10 +152,22 @@ def _to_nchw(x: np.ndarray, where: str) -> np.ndarray:
         raise DataError(f"{where}: contains no images (shape {x.shape})")
     if x.dtype.kind not in "biuf":
         raise DataError(f"{where}: images must be numeric, got dtype {x.dtype} (shape {x.shape})")
+    if x.dtype.kind == "f":  # in chunks: the check's temporaries stay small
+        for start in range(0, x.shape[0], 4096):
+            try:
+                check_finite(np.asarray(x[start:start + 4096]), where)
+            except DataError as exc:
+                if start == 0:
+                    raise
+                raise DataError(f"{exc} (in the rows from {start} on)") from None
+    return x
+
+
+def _to_float(x: np.ndarray, where: str) -> np.ndarray:
+    """float32 NCHW pixels; uint8 is scaled by 1/255, other dtypes keep their values."""
     out = np.ascontiguousarray(x, dtype=np.float32)
     if x.dtype == np.uint8:
         out /= np.float32(255.0)
-    check_finite(out, where)
     return out
 
 
@@ -204,7 +218,7 @@ def _load_npz(path: Path, npz_keys: tuple[str, str]) -> _Raw:
     name = path.stem
     if kx in arrays:
         _check_lengths(arrays[kx], arrays[ky], f"{path}[{kx!r}]", f"{path}[{ky!r}]")
-        x = _to_nchw(arrays[kx], f"{path}[{kx!r}]")
+        x = _nchw_view(arrays[kx], f"{path}[{kx!r}]")
         (y,), names, mapping = encode_labels([(arrays[ky], f"{path}[{ky!r}]")])
         return _Raw(name, x, y, names, label_source=f"{path}[{ky!r}]", label_mapping=mapping,
                     uint8=arrays[kx].dtype == np.uint8)
@@ -212,8 +226,8 @@ def _load_npz(path: Path, npz_keys: tuple[str, str]) -> _Raw:
     for part in ("train", "test"):
         _check_lengths(arrays[f"x_{part}"], arrays[f"y_{part}"], where[f"x_{part}"],
                        where[f"y_{part}"])
-    x_tr = _to_nchw(arrays["x_train"], where["x_train"])
-    x_te = _to_nchw(arrays["x_test"], where["x_test"])
+    x_tr = _nchw_view(arrays["x_train"], where["x_train"])
+    x_te = _nchw_view(arrays["x_test"], where["x_test"])
     (y_tr, y_te), names, mapping = encode_labels([(arrays["y_train"], where["y_train"]),
                                                   (arrays["y_test"], where["y_test"])])
     if x_tr.shape[1:] != x_te.shape[1:]:
@@ -230,13 +244,16 @@ def _read_idx(path: Path) -> np.ndarray:
         if path.name.endswith(".gz"):
             with gzip.open(path, "rb") as fh:
                 data = fh.read()
-        else:
-            data = path.read_bytes()
-    except (OSError, EOFError, zlib.error) as exc:
+        elif path.stat().st_size == 0:
+            data = b""
+        else:  # memory-mapped: a streamed split reads only the rows it needs
+            data = np.memmap(path, dtype=np.uint8, mode="r")
+    except (OSError, EOFError, zlib.error, ValueError) as exc:
         raise DataError(f"cannot read IDX file {path}: {exc}") from exc
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise DataError(f"{path} is not an IDX file (magic bytes {data[:4].hex() or 'missing'})")
-    code, ndim = data[2], data[3]
+        raise DataError(f"{path} is not an IDX file (magic bytes "
+                        f"{bytes(data[:4]).hex() or 'missing'})")
+    code, ndim = int(data[2]), int(data[3])
     if code not in _IDX_DTYPES or ndim == 0:
         raise DataError(f"{path}: unsupported IDX header (type code 0x{code:02x}, {ndim} dims)")
     header = 4 + 4 * ndim
@@ -250,7 +267,7 @@ def _read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path}: {problem}: header says shape {tuple(dims)} ({expected} bytes) "
                         f"but the file has {len(data)} bytes")
     arr = np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
-    return arr.astype(dtype.newbyteorder("="))
+    return arr.astype(dtype.newbyteorder("="), copy=False)  # uint8: still the mapped file
 
 
 def _find_idx(directory: Path, prefix: str, kind: str, ndim: int) -> Path | None:
@@ -283,7 +300,7 @@ def _load_idx(directory: Path) -> _Raw:
     labels = {p: _read_idx(found[p, "labels"]) for p in prefixes}
     for p in prefixes:
         _check_lengths(images[p], labels[p], str(found[p, "images"]), str(found[p, "labels"]))
-    xs = {p: _to_nchw(images[p], str(found[p, "images"])) for p in prefixes}
+    xs = {p: _nchw_view(images[p], str(found[p, "images"])) for p in prefixes}
     ys, names, mapping = encode_labels([(labels[p], str(found[p, "labels"])) for p in prefixes])
     name = directory.resolve().name
     sources = {"label_source": str(found["train", "labels"]), "label_mapping": mapping,
@@ -367,25 +384,6 @@ def _load_hf(path: Path, image_size: tuple[int, int] | None, grayscale: bool,
                 label_mapping=scan["label_mapping"])
 
 
-def _adapt(x: np.ndarray, image_size: tuple[int, int] | None, grayscale: bool,
-           where: str) -> np.ndarray:
-    """Apply ``grayscale`` (ITU-R 601 luma, as Pillow's "L") and ``image_size`` to array data."""
-    if grayscale and x.shape[1] == 3:
-        weights = np.asarray([0.299, 0.587, 0.114], dtype=np.float32).reshape(1, 3, 1, 1)
-        x = (x * weights).sum(axis=1, keepdims=True, dtype=np.float32)
-    elif grayscale and x.shape[1] != 1:
-        raise DataError(f"{where}: grayscale=True needs 1 or 3 channels, images have shape "
-                        f"{x.shape[1:]} (C, H, W)")
-    if image_size is not None and tuple(x.shape[2:]) != tuple(image_size):
-        import torch
-        import torch.nn.functional as F
-
-        resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(x)), size=tuple(image_size),
-                                mode="bilinear", align_corners=False, antialias=True)
-        x = resized.numpy()
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
 def _check_options(source: str, path: object, val_fraction: float, test_fraction: float,
                    image_size: tuple[int, int] | None, limits: dict[str, int | None]) -> None:
     if source not in SOURCES:
@@ -431,6 +429,27 @@ def _transforms(source: str, raw_dtype_uint8: bool, image_size: tuple[int, int] 
     return steps
 
 
+def _prepare_arrays(raw: _Raw, stream: bool | str, image_size: tuple[int, int] | None,
+                    grayscale: bool) -> None:
+    """Array sources: float32 copies adapted to ``image_size``/``grayscale`` (in memory), or,
+    when streamed, :class:`ArrayStream` views of the arrays in their own dtype."""
+    count = raw.x.shape[0] + (raw.x_test.shape[0] if raw.x_test is not None else 0)
+    nbytes = count * math.prod(raw.x.shape[1:]) * 4
+    if stream is not False and _should_stream(stream, None, nbytes):
+        where = raw.label_source or raw.name
+        raw.x = ArrayStream(raw.x, np.arange(raw.x.shape[0]), where=where, grayscale=grayscale,
+                            image_size=image_size)
+        if raw.x_test is not None:
+            raw.x_test = ArrayStream(raw.x_test, np.arange(raw.x_test.shape[0]),
+                                     where=raw.test_source or where, grayscale=grayscale,
+                                     image_size=image_size)
+        return
+    raw.x = adapt_pixels(_to_float(raw.x, raw.name), image_size, grayscale, raw.name)
+    if raw.x_test is not None:
+        raw.x_test = adapt_pixels(_to_float(raw.x_test, raw.name), image_size, grayscale,
+                                  raw.name)
+
+
 def _take(x: Any, idx: np.ndarray) -> Any:
     """Rows ``idx`` of an array (a copy) or of a stream (a view, nothing decoded)."""
     return x.subset(idx) if is_stream(x) else x[idx]
@@ -454,10 +473,9 @@ def _check_stream_options(source: str, stream: bool | str, transforms: PhotoTran
                           std: list[float] | None) -> None:
     if stream not in (True, False, "auto"):
         raise ConfigError(f"data.stream must be true, false or 'auto', got {stream!r}")
-    if source not in IMAGE_SOURCES and (stream is True or transforms is not None):
-        key = "data.transforms" if transforms is not None else "data.stream: true"
-        raise ConfigError(f"{key} needs an image folder or a Hugging Face dataset (source: "
-                          f"imagefolder or hf); source {source!r} is read into memory")
+    if source not in IMAGE_SOURCES and transforms is not None:
+        raise ConfigError(f"data.transforms needs an image folder or a Hugging Face dataset "
+                          f"(source: imagefolder or hf); source {source!r} holds arrays")
     if transforms is not None:
         if stream is False:
             raise ConfigError("data.transforms (preset photo) decodes every image per batch and "
@@ -568,9 +586,7 @@ def load_dataset(
     else:
         raw = _load_imagefolder(Path(path), image_size, grayscale, transforms, workers)
     if source not in IMAGE_SOURCES:
-        raw.x = _adapt(raw.x, image_size, grayscale, raw.name)
-        if raw.x_test is not None:
-            raw.x_test = _adapt(raw.x_test, image_size, grayscale, raw.name)
+        _prepare_arrays(raw, stream, image_size, grayscale)
     name = name or raw.name
     where = raw.label_source or name
     num_classes = len(raw.class_names)
@@ -631,8 +647,8 @@ def load_dataset(
         hint=(f"every class needs samples in train, val and test (val_fraction={val_fraction}"
               + ("" if given_test else f", test_fraction={test_fraction}")
               + "); add samples of this class, remove it, or use a larger limit"))
-    streamed = source in IMAGE_SOURCES and _should_stream(
-        stream, transforms, sum(sizes.values()) * math.prod(x.shape[1:]) * 4)
+    streamed = is_stream(x) and (source not in IMAGE_SOURCES or _should_stream(
+        stream, transforms, sum(sizes.values()) * math.prod(x.shape[1:]) * 4))
     x_train, x_val = _take(x, train_idx), _take(x, val_idx)
     if x_test is None:
         x_test = _take(x, test_idx)
@@ -643,8 +659,9 @@ def load_dataset(
     given_stats = mean is not None
     if not given_stats:
         mean, std = [0.0] * channels, [1.0] * channels
-        if normalize and streamed:
-            mean, std = stream_statistics(x_train, stats_samples, seed)
+        if normalize and streamed:  # arrays: every train image (cheap); files: a sample
+            samples = stats_samples if source in IMAGE_SOURCES else len(x_train)
+            mean, std = stream_statistics(x_train, samples, seed)
         elif normalize:
             mean, std = compute_normalization(x_train)
     elif len(mean) != channels:

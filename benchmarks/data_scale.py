@@ -61,7 +61,8 @@ def _vm_hwm_kib() -> int:
     return -1
 
 
-def child(folder: Path, out: Path, batch_size: int, workers: int | None) -> None:
+def child(folder: Path, out: Path, batch_size: int, workers: int | None,
+          in_memory: bool = False) -> None:
     """One measurement in this (fresh) process; writes its JSON to ``out``."""
     import torch
 
@@ -72,8 +73,10 @@ def child(folder: Path, out: Path, batch_size: int, workers: int | None) -> None
     from edgecompress.stages.distill import Setting, train_student
 
     start = time.perf_counter()
-    bundle = load_dataset("imagefolder", folder, transforms=PhotoTransforms(crop_size=224),
-                          seed=0, workers=workers, val_fraction=0.05, test_fraction=0.05)
+    kw = ({"image_size": (224, 224), "stream": False} if in_memory
+          else {"transforms": PhotoTransforms(crop_size=224)})
+    bundle = load_dataset("imagefolder", folder, seed=0, workers=workers, val_fraction=0.05,
+                          test_fraction=0.05, **kw)
     x_cal, y_cal = sample_calibration(bundle, 256, seed=0)
     save_calibration(out.parent / f"calib-{len(bundle.train)}", x_cal, y_cal, bundle, seed=0)
     del x_cal
@@ -109,12 +112,15 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--in-memory", action="store_true",
+                        help="the comparison: decode into memory (image_size 224, stream: false, "
+                             "no photo transforms)")
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results/data_scale.json"))
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        child(args.child, args.out, args.batch_size, args.workers)
+        child(args.child, args.out, args.batch_size, args.workers, args.in_memory)
         return
 
     from edgecompress.isa import cpu_info
@@ -128,12 +134,14 @@ def main() -> None:
                "--batch-size", str(args.batch_size)]
         if args.workers is not None:
             cmd += ["--workers", str(args.workers)]
+        if args.in_memory:
+            cmd.append("--in-memory")
         subprocess.run(cmd, check=True)
         rows.append(json.loads(out.read_text()))
         print(json.dumps(rows[-1]), flush=True)
     cpu = cpu_info()
     result = {"cpu": {"model": cpu.model, "isa": cpu.isa}, "batch_size": args.batch_size,
-              "crop": 224, "classes": CLASSES, "rows": rows}
+              "crop": 224, "classes": CLASSES, "in_memory": args.in_memory, "rows": rows}
     if len(rows) >= 2:
         result["peak_rss_ratio_largest_vs_smallest"] = round(
             rows[-1]["peak_rss_mib_upper_bound"] / rows[0]["peak_rss_mib_upper_bound"], 3)
@@ -141,7 +149,8 @@ def main() -> None:
             rows[-1]["main_peak_rss_mib"] / rows[0]["main_peak_rss_mib"], 3)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\n{cpu.model} ({cpu.isa}); batch {args.batch_size}, 224x224 photo transforms")
+    how = "in memory, resized to 224x224" if args.in_memory else "streamed, photo transforms"
+    print(f"\n{cpu.model} ({cpu.isa}); batch {args.batch_size}, {how}")
     print("| images | streamed | data stage s | epoch s | images/s | main peak RSS MiB | "
           "worker peak RSS MiB |")
     print("|---:|---|---:|---:|---:|---:|---:|")

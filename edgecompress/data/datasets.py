@@ -461,8 +461,8 @@ def _should_stream(stream: bool | str, transforms: PhotoTransforms | None,
         return True
     if stream == "auto":
         if nbytes > STREAM_BYTES:
-            logger.info("streaming the image folder: its kept images would take %.0f MiB as "
-                        "float32 (data.stream: false keeps them in memory)", nbytes / 2**20)
+            logger.info("streaming the data: its images would take %.0f MiB as float32 "
+                        "(data.stream: false keeps them in memory)", nbytes / 2**20)
             return True
         return False
     return bool(stream)
@@ -548,10 +548,11 @@ def load_dataset(
             same as without the limit: a given test split stays whole.
         eval_limit: At most this many test samples (stratified, seeded); off by default.
         name: The dataset's name in logs and reports (default: the file or directory name).
-        stream: Image folders only: ``True`` keeps the splits on disk and decodes them per
-            batch (:class:`~edgecompress.data.stream.ImageStream`), ``False`` decodes the kept
-            images into memory, ``"auto"`` streams when they would exceed 512 MiB as float32
-            or when ``transforms`` is set.
+        stream: ``True`` keeps the splits out of memory: image folders and ``hf`` datasets on
+            disk, decoded per batch (:class:`~edgecompress.data.stream.ImageStream`); arrays in
+            their own dtype (idx memory-mapped), converted per batch (``ArrayStream``).
+            ``False`` holds float32 arrays in memory; ``"auto"`` streams when they would exceed
+            512 MiB or when ``transforms`` is set.
         transforms: Real-photo transforms (random resized crop, flip, ...; eval resize + centre
             crop) for image folders; implies streaming and replaces ``image_size``.
         mean, std: Per-channel normalisation to use instead of the train split's statistics.

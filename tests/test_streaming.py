@@ -71,7 +71,7 @@ def test_given_mean_and_std_are_used(photos: Path) -> None:
 def test_auto_streams_above_the_memory_threshold(photos: Path, monkeypatch) -> None:
     assert isinstance(load_dataset("imagefolder", photos, image_size=(16, 16)).train.x,
                       np.ndarray), "a small folder is decoded into memory"
-    monkeypatch.setattr("edgecompress.data.datasets.STREAM_BYTES", 1000)
+    monkeypatch.setattr("edgecompress.data.sources.STREAM_BYTES", 1000)
     assert isinstance(load_dataset("imagefolder", photos, image_size=(16, 16)).train.x,
                       ImageStream)
 
@@ -304,7 +304,7 @@ def _idx_dir(root: Path) -> Path:
 
 
 def test_idx_streams_from_the_memory_mapped_file_with_the_same_numbers(tmp_path: Path) -> None:
-    from edgecompress.data.stream import ArrayStream
+    from edgecompress.data.arraystream import ArrayStream
 
     root = _idx_dir(tmp_path / "idx")
     kw = {"train_limit": 600, "image_size": (12, 12), "seed": 1}
@@ -329,7 +329,7 @@ def test_idx_streams_from_the_memory_mapped_file_with_the_same_numbers(tmp_path:
 
 
 def test_npz_streams_with_grayscale_and_auto_threshold(tmp_path: Path, monkeypatch) -> None:
-    from edgecompress.data.stream import ArrayStream
+    from edgecompress.data.arraystream import ArrayStream
 
     rng = np.random.default_rng(0)
     path = tmp_path / "rgb.npz"
@@ -337,7 +337,7 @@ def test_npz_streams_with_grayscale_and_auto_threshold(tmp_path: Path, monkeypat
              y=np.arange(90) % 3)
     memory = load_dataset("npz", path, grayscale=True)
     assert isinstance(memory.train.x, np.ndarray)
-    monkeypatch.setattr("edgecompress.data.datasets.STREAM_BYTES", 1000)
+    monkeypatch.setattr("edgecompress.data.sources.STREAM_BYTES", 1000)
     streamed = load_dataset("npz", path, grayscale=True)
     assert isinstance(streamed.train.x, ArrayStream) and streamed.input_shape == (1, 10, 10)
     np.testing.assert_allclose(np.asarray(streamed.test.x), memory.test.x, atol=1e-5)

@@ -94,6 +94,9 @@ def main() -> None:
     if missing:
         raise SystemExit(f"missing engine files (rerun the export stage): {', '.join(missing)}")
     ctx = _context(args.run)
+    limit = json.loads((ctx.teacher_dir / "config.json").read_text())["max_position_embeddings"]
+    if max(args.seq_len) > limit:
+        raise SystemExit(f"--seq-len {max(args.seq_len)}: the model takes at most {limit} tokens")
     tmp = Path(tempfile.mkdtemp(prefix="bert_int8_speed_"))
     disabled: dict[str, list[str] | None] = dict.fromkeys(paths)
     if args.static:

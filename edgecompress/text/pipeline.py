@@ -231,7 +231,7 @@ def _engines_table(t: dict[str, Any]) -> list[str]:
 
     lines = [f"### {t['name']}: engines at seq_len {t.get('seq_len')}, "
              f"{t.get('threads')} thread(s), same interleaved rounds", "",
-             "| engine | test accuracy | size MB | p50 ms | speed vs teacher + quantize_dynamic |",
+             "| engine | test accuracy | size MB | p50 ms | reference p50 / p50 |",
              "|---|---:|---:|---:|---:|",
              row("teacher FP32", t.get("teacher_accuracy"), t.get("teacher_size_bytes"),
                  t.get("teacher_latency_ms"))]

@@ -132,9 +132,12 @@ def main() -> None:
                                                      ("p50", "p90", "mean", "runs", "rounds")}
             vs_t = result.paired_ratio("teacher fp32", name)
             vs_r = result.paired_ratio(REFERENCE, name)
+            vs_r_cpu = result.paired_ratio(REFERENCE, name, cpu=True)
             per[name] = {"p50_ms": stats["p50"],
                          "speedup_vs_teacher": vs_t["ratio"] if vs_t else 1.0,
                          "speedup_vs_reference": vs_r["ratio"] if vs_r else 1.0,
+                         "speedup_vs_reference_cpu": vs_r_cpu["ratio"] if vs_r_cpu else 1.0,
+                         "cpu_p50_ms": stats.get("cpu_p50"),
                          "noisy": bool((vs_t and vs_t["noisy"]) or (vs_r and vs_r["noisy"]))}
         speed[str(seq)] = per
     cpu = cpu_summary()
@@ -146,12 +149,13 @@ def main() -> None:
     for seq, per in speed.items():
         print(f"\nseq_len {seq}")
         print(f"{'engine':<28}{'acc':>8}{'MB':>8}{'size/teacher':>14}{'p50 ms':>9}"
-              f"{'vs teacher':>12}{'vs t+qdyn':>11}")
+              f"{'vs teacher':>12}{'vs t+qdyn':>11}{'(CPU time)':>12}")
         for name, row in per.items():
             e = engines[name]
             print(f"{name:<28}{e['accuracy']:>8.4f}{e['size_bytes'] / 1e6:>8.1f}"
                   f"{e['size_bytes'] / teacher_size:>14.3f}{row['p50_ms']:>9.2f}"
                   f"{row['speedup_vs_teacher']:>11.2f}x{row['speedup_vs_reference']:>10.2f}x"
+                  f"{row['speedup_vs_reference_cpu']:>11.2f}x"
                   f"{' (noisy)' if row['noisy'] else ''}")
     for name, e in engines.items():
         print(f"{name}: kernels {e['int8_kernels'] or '-'}, fused {e['fused']}, weight matmuls "

@@ -313,12 +313,15 @@ def _reference_entry(result: Any, names: dict[str, str], measured: dict[str, Any
                      run_dir: Path) -> dict[str, Any]:
     """``targets[].reference``: the teacher through ``quantize_dynamic``, timed in the same
     rounds as the student's engine; ``speedup_vs_reference`` = reference / student (median of
-    same-round ratios), so a user sees whether distillation paid over quantizing alone."""
+    same-round ratios; ``_cpu``: the same on CPU time, which a busy machine cannot move), so a
+    user sees whether distillation paid over quantizing alone."""
     pair = result.paired_ratio(names["reference"], names["student"])
+    cpu = result.paired_ratio(names["reference"], names["student"], cpu=True)
     return {"name": "teacher + quantize_dynamic", "artifact": str(path.relative_to(run_dir)),
             "size_bytes": path.stat().st_size,
             "accuracy": measured[names["reference"]]["accuracy"],
             "latency_ms": result.stats[names["reference"]].to_dict(),
             "speedup_vs_reference": pair["ratio"] if pair else None,
             "speedup_noisy": bool(pair and pair["noisy"]),
-            "speedup_spread": pair["spread"] if pair else None}
+            "speedup_spread": pair["spread"] if pair else None,
+            "speedup_vs_reference_cpu": cpu["ratio"] if cpu else None}

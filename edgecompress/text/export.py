@@ -18,8 +18,10 @@ Two exporters (``export.exporter``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +146,19 @@ def check_parity(path: Path, reference: np.ndarray, ids: np.ndarray, mask: np.nd
     return {"max_abs_diff": diff, "top1_agreement": agree}
 
 
+@contextlib.contextmanager
+def quiet_onnxruntime_tools() -> Iterator[None]:
+    """ONNX Runtime's optimizer and quantizer log every fused node and tensor at INFO on the
+    root logger (over a hundred lines per model): raise the root level while they run."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def optimize_transformer(src: Path, out: Path) -> dict[str, int]:
     """``onnxruntime.transformers.optimizer`` (BERT fusions: Attention, EmbedLayerNormalization,
     SkipLayerNormalization, BiasGelu) written to ``out``; returns the fused-operator statistics.
@@ -152,7 +167,7 @@ def optimize_transformer(src: Path, out: Path) -> dict[str, int]:
     """
     from onnxruntime.transformers import optimizer
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_onnxruntime_tools():
         warnings.simplefilter("ignore")
         opt = optimizer.optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0,
                                        opt_level=1, use_gpu=False)

@@ -245,9 +245,14 @@ def _engines_table(t: dict[str, Any]) -> list[str]:
     if ref and ref.get("speedup_vs_reference"):
         lines += ["", f"This engine vs teacher + quantize_dynamic: "
                       f"{ref['speedup_vs_reference']:.2f}x faster (median of same-round ratios"
-                      f"{', noisy' if ref.get('speedup_noisy') else ''}), accuracy "
+                      f"{', noisy' if ref.get('speedup_noisy') else ''}"
+                      f"{_cpu_ratio(ref.get('speedup_vs_reference_cpu'))}), accuracy "
                       f"{100 * (t['accuracy'] - ref['accuracy']):+.2f} pp."]
     return lines + [""]
+
+
+def _cpu_ratio(value: float | None) -> str:
+    return "" if value is None else f"; {value:.2f}x on CPU time"
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -58,7 +58,9 @@ def quantize_dynamic_int8(src: Path, out: Path, *, per_channel: bool = True,
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     ops = DYNAMIC_OPS + (DYNAMIC_EMBEDDING_OPS if embeddings else [])
-    with atomic_path(out) as tmp:
+    from edgecompress.text.export import quiet_onnxruntime_tools
+
+    with atomic_path(out) as tmp, quiet_onnxruntime_tools():
         # ORT's contrib ops (Attention, SkipLayerNormalization, ...) defeat ONNX shape
         # inference; their outputs are float.
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
@@ -92,7 +94,9 @@ def quantize_static_int8(src: Path, out: Path, feeds: list[tuple[np.ndarray, np.
         quantize_static,
     )
 
-    with atomic_path(out) as tmp:
+    from edgecompress.text.export import quiet_onnxruntime_tools
+
+    with atomic_path(out) as tmp, quiet_onnxruntime_tools():
         quantize_static(str(src), str(tmp), _Reader(feeds), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],

@@ -257,19 +257,33 @@ def targets(as_json: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split.")
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True,
               help="Directory for report.json, report.md, report.html, junit.xml.")
+@click.option("--baseline", "baseline", type=click.Path(path_type=Path), default=None,
+              metavar="MODEL",
+              help="A second engine file (e.g. the FP32 teacher) timed in the same interleaved "
+                   "rounds; it fills the report's teacher fields and speedup_vs_teacher.")
 @_overwrite
 @_gate_options
-def bench(artifact: Path, target: str, data: str | None, seed: int, out: Path, overwrite: bool,
-          **thresholds) -> None:
+def bench(artifact: Path, target: str, data: str | None, seed: int, out: Path,
+          baseline: Path | None, overwrite: bool, **thresholds) -> None:
     """Measure one engine file (ONNX) on a target profile; exit 1 if its budgets fail."""
     from edgecompress.bench.artifact import bench_artifact
+    from edgecompress.errors import ConfigError
     from edgecompress.targets import load_profile
 
-    if artifact.suffix == ".onnx":
-        from edgecompress.inputs import check_onnx_file
+    for path, what in ((artifact, "artifact"), (baseline, "--baseline")):
+        if path is None:
+            continue
+        if what == "--baseline" and not path.is_file():
+            raise ConfigError(f"--baseline {path}: file not found")
+        if path.suffix == ".onnx":
+            from edgecompress.inputs import check_onnx_file
 
-        check_onnx_file(artifact)  # parses; external data present and inside its folder
+            check_onnx_file(path)  # parses; external data present and inside its folder
     profile = load_profile(target)
+    if baseline is not None and profile.connection.kind == "ssh":
+        raise ConfigError(f"--baseline: target profile {profile.name!r} is measured on a remote "
+                          "board, where a baseline is not supported; bench the baseline file "
+                          "as its own run")
     with _writing_into(out):
         if profile.connection.kind == "ssh":  # measured on the board, never on this machine
             from edgecompress.remote.bench import bench_artifact_remote
@@ -279,7 +293,8 @@ def bench(artifact: Path, target: str, data: str | None, seed: int, out: Path, o
                                            gate_overrides=_overrides(thresholds))
         else:
             report = bench_artifact(artifact, profile, out, data=data, seed=seed,
-                                    overwrite=overwrite, gate_overrides=_overrides(thresholds))
+                                    overwrite=overwrite, gate_overrides=_overrides(thresholds),
+                                    baseline=baseline)
     click.echo((out / "report.md").read_text())
     click.echo(f"report: {out / 'report.json'}")
     _echo_gate(report["gate"])

@@ -71,14 +71,27 @@ def test_text_run_end_to_end_and_resume(tmp_path, capsys):
     assert teacher["accuracy"] > 0.8 and student["accuracy_fp32"] > 0.8
     targets = {t["name"]: t for t in report["targets"]}
     assert targets["int8"]["int8_kernels"] and targets["int8"]["fp32_nodes"] == []
-    assert sum(targets["int8"]["int8_kernels"].values()) == 6 + 2
+    # q, k, v packed into one QAttention; attention output, FFN in/out, pooler, classifier
+    assert targets["int8"]["int8_kernels"] == {"QAttention": 1, "DynamicQuantizeMatMul": 5}
+    # Issue 18: ORT's transformer fusions on both FP32 exports (pruned heads included)
+    for role in (teacher, student):
+        assert role["fused_ops"]["Attention"] == role["layers"], role["fused_ops"]
+        assert role["fused_ops"]["SkipLayerNormalization"] == 2 * role["layers"]
     for t in targets.values():
         assert t["status"] == "ok" and t["latency_ms"]["input_shape"] == [1, 32]
         assert t["speedup_vs_teacher"] > 0 and t["teacher_accuracy"] is not None
     # Issues 18/14: one interleaved benchmark for both targets (same input, same settings):
     # the teacher engine is shared, the int8 target is paired with its FP32 twin.
     fp32, int8 = targets["fp32"], targets["int8"]
-    assert int8["timing"]["scheme"] == "interleaved" and len(int8["timing"]["engines"]) == 3
+    assert int8["timing"]["scheme"] == "interleaved" and len(int8["timing"]["engines"]) == 4
+    # Issue 18: teacher + quantize_dynamic, timed in the same rounds, with its accuracy
+    ref = int8["reference"]
+    assert ref["name"] == "teacher + quantize_dynamic" and 0 <= ref["accuracy"] <= 1
+    assert ref["latency_ms"]["round_p50_ms"] == fp32["reference"]["latency_ms"]["round_p50_ms"]
+    assert ref["speedup_vs_reference"] > 0 and ref["speedup_vs_reference_cpu"] > 0
+    assert ref["size_bytes"] < teacher["size_bytes"]
+    assert (out / ref["artifact"]).is_file()
+    assert "teacher + quantize_dynamic" in (out / "report.md").read_text()
     assert int8["teacher_latency_ms"]["round_p50_ms"] == fp32["teacher_latency_ms"]["round_p50_ms"]
     assert int8["fp32_latency_ms"]["round_p50_ms"] == fp32["latency_ms"]["round_p50_ms"]
     assert int8["int8_speedup_vs_fp32"] > 0 and "int8_speedup_vs_fp32" not in fp32

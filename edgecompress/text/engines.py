@@ -4,8 +4,11 @@ Artifacts (``DIR/export/``):
 
 - ``teacher.onnx``, ``student.onnx``: FP32, dynamic batch and sequence length, parity-checked;
 - ``teacher.opt.onnx``, ``student.opt.onnx``: after ``onnxruntime.transformers.optimizer``
-  (the FP32 engines, so the teacher baseline is the optimized one);
-- ``student.int8.onnx``: the INT8 engine (``quant.method``), its ORT kernels counted.
+  (the FP32 engines, so the teacher baseline is the optimized one; Attention, SkipLayerNorm,
+  BiasGelu fused on the TorchScript export, counted in ``metrics[role]["fused"]``);
+- ``student.int8.onnx``: the INT8 engine (``quant.method``), its ORT kernels counted;
+- ``teacher.int8.onnx`` (``quant.teacher_reference``): the FP32 teacher through ONNX Runtime's
+  ``quantize_dynamic`` with the same settings, the reference engine of every int8 target.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ class TextExportStage(Stage):
                 ref = model(input_ids=torch.as_tensor(ids),
                             attention_mask=torch.as_tensor(mask)).logits.numpy()
             path = export_onnx(model, example, out_dir / f"{role}.onnx", cfg.opset,
-                               max_seq=model.config.max_position_embeddings)
+                               max_seq=model.config.max_position_embeddings,
+                               exporter=cfg.exporter)
             parity = check_parity(path, ref, ids, mask, cfg.atol, role)
             opt = out_dir / f"{role}.opt.onnx"
             fused = optimize_transformer(path, opt)
@@ -89,6 +93,18 @@ class TextExportStage(Stage):
                              "the INT8 engine would silently be FP32")
         metrics["int8"]["size_bytes"] = int8.stat().st_size
         outputs["student_int8"] = int8
+        if ctx.recipe.quant.teacher_reference:
+            from edgecompress.text.quant import quantize_dynamic_int8
+
+            ref_path = quantize_dynamic_int8(outputs["teacher_opt"], out_dir / "teacher.int8.onnx",
+                                             per_channel=ctx.recipe.quant.per_channel,
+                                             embeddings=ctx.recipe.quant.embeddings)
+            ref_report = kernel_report(ref_path)
+            metrics["teacher_int8"] = {
+                "method": "quantize_dynamic", "size_bytes": ref_path.stat().st_size,
+                **{k: ref_report[k] for k in ("int8_kernels", "int8_total", "fp32_nodes",
+                                              "fp32_embeddings", "int8_embeddings")}}
+            outputs["teacher_int8"] = ref_path
         path = out_dir / "kernels.json"
         atomic_write_json(path, metrics["int8"])
         outputs["kernels"] = path
@@ -106,8 +122,8 @@ class TextExportStage(Stage):
 
         q = ctx.recipe.quant
         if q.method == "ptq_dynamic":
-            quantize_dynamic_int8(opt, out, per_channel=q.per_channel)
-            return {"method": q.method}
+            quantize_dynamic_int8(opt, out, per_channel=q.per_channel, embeddings=q.embeddings)
+            return {"method": q.method, "embeddings_int8": q.embeddings}
         if q.method == "ptq_static":
             from edgecompress.text.data import collate
 
@@ -115,7 +131,11 @@ class TextExportStage(Stage):
             for start in range(0, min(q.calibration_samples, len(data)), 16):
                 i, m = collate(data.ids[start:min(start + 16, q.calibration_samples)], ctx.pad_id)
                 feeds.append((i.numpy(), m.numpy()))
-            quantize_static_int8(opt, out, feeds,
+            # QDQ annotates weight MatMuls: quantize the plain export, not the optimized graph
+            # (its fused Attention keeps the packed Q/K/V weight in float, and the static
+            # quantizer's type inference fails on the contrib ops); ORT's session fuses
+            # LayerNorm/GELU itself.
+            quantize_static_int8(opt.with_name("student.onnx"), out, feeds,
                                  per_channel=q.per_channel)
             return {"method": q.method, "calibration_samples": min(q.calibration_samples,
                                                                    len(data))}
@@ -217,6 +237,8 @@ def bench_text_targets(ctx: TextContext, targets: list[Any]) -> list[dict[str, A
                 "teacher": _copy(export / "teacher.opt.onnx", engine / "teacher" / "model.onnx")}
         if target.precision == "int8":  # the FP32 twin: the same student, FP32, same runtime
             arts["fp32"] = export / "student.opt.onnx"
+        if ctx.recipe.quant.teacher_reference:  # teacher + quantize_dynamic, same rounds
+            arts["reference"] = export / "teacher.int8.onnx"
         disabled = TextExportStage._disabled(ctx) if target.precision == "int8" else None
         names = {}
         for role, path in arts.items():
@@ -268,6 +290,10 @@ def bench_text_targets(ctx: TextContext, targets: list[Any]) -> list[dict[str, A
                          fp32_size_bytes=arts["fp32"].stat().st_size,
                          fp32_accuracy=measured[names["fp32"]]["accuracy"])
             entry["samples_ms"]["fp32"] = result.stats[names["fp32"]].samples_ms
+        if "reference" in names:
+            entry["reference"] = _reference_entry(result, names, measured, arts["reference"],
+                                                  ctx.run_dir)
+            entry["samples_ms"]["reference"] = result.stats[names["reference"]].samples_ms
         if target.precision == "int8":
             from edgecompress.text.quant import kernel_report
 
@@ -281,3 +307,21 @@ def bench_text_targets(ctx: TextContext, targets: list[Any]) -> list[dict[str, A
                     " (noisy)" if entry.get("speedup_noisy") else "")
         entries.append(entry)
     return entries
+
+
+def _reference_entry(result: Any, names: dict[str, str], measured: dict[str, Any], path: Path,
+                     run_dir: Path) -> dict[str, Any]:
+    """``targets[].reference``: the teacher through ``quantize_dynamic``, timed in the same
+    rounds as the student's engine; ``speedup_vs_reference`` = reference / student (median of
+    same-round ratios; ``_cpu``: the same on CPU time, which a busy machine cannot move), so a
+    user sees whether distillation paid over quantizing alone."""
+    pair = result.paired_ratio(names["reference"], names["student"])
+    cpu = result.paired_ratio(names["reference"], names["student"], cpu=True)
+    return {"name": "teacher + quantize_dynamic", "artifact": str(path.relative_to(run_dir)),
+            "size_bytes": path.stat().st_size,
+            "accuracy": measured[names["reference"]]["accuracy"],
+            "latency_ms": result.stats[names["reference"]].to_dict(),
+            "speedup_vs_reference": pair["ratio"] if pair else None,
+            "speedup_noisy": bool(pair and pair["noisy"]),
+            "speedup_spread": pair["spread"] if pair else None,
+            "speedup_vs_reference_cpu": cpu["ratio"] if cpu else None}

@@ -2,13 +2,26 @@
 and the ONNX Runtime transformer optimizer for the FP32 engines.
 
 The model is wrapped so the graph has exactly two int64 inputs (``input_ids``,
-``attention_mask``) and one output (``logits``). The dynamo exporter is used: it handles the
-quantized (QAT) graphs too, and its graph of the eager attention is exact with padding.
+``attention_mask``) and one output (``logits``).
+
+Two exporters (``export.exporter``):
+
+- ``torchscript`` (default for the FP32 models): ``torch.onnx.export(dynamo=False)``, the graph
+  shape that ``onnxruntime.transformers.optimizer`` was written against, so its Attention,
+  EmbedLayerNormalization, SkipLayerNormalization and BiasGelu fusions match (on the dynamo
+  graph of the same model the Attention fusion matches nothing: the mask and reshape paths are
+  built from Shape/Concat arithmetic it does not recognise). Parity with PyTorch is checked on a
+  padded batch like every export.
+- ``dynamo``: ``torch.onnx.export(dynamo=True)``; needed for the converted QAT graphs (the
+  TorchScript exporter rejects the ``quantized_decomposed`` ops).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -53,19 +66,32 @@ def dynamic_shapes(max_seq: int) -> dict[str, dict[int, Any]]:
 
 
 def export_onnx(model: nn.Module, example: tuple[torch.Tensor, torch.Tensor], out: Path,
-                opset: int = 18, *, max_seq: int, wrap: bool = True) -> Path:
+                opset: int = 18, *, max_seq: int, wrap: bool = True,
+                exporter: str = "dynamo") -> Path:
     """Write ``model`` to ``out`` (atomically, weights inside the file).
 
     ``wrap=False`` exports a module that already takes ``(input_ids, attention_mask)`` and
-    returns logits (a converted QAT graph).
+    returns logits (a converted QAT graph). ``exporter="torchscript"`` uses the TorchScript
+    exporter (dynamic batch and sequence axes), whose graph ORT's transformer optimizer fuses.
     """
     _onnx()
     module = LogitsOnly(model).eval() if wrap else model
-    shapes = dynamic_shapes(max_seq)
     with atomic_path(out) as tmp:
-        torch.onnx.export(module, example, str(tmp), input_names=list(INPUTS),
-                          output_names=["logits"], dynamo=True, opset_version=opset,
-                          dynamic_shapes=shapes, external_data=False, verbose=False)
+        if exporter == "torchscript":
+            axes = {name: {0: "batch", 1: "sequence"} for name in INPUTS}
+            axes["logits"] = {0: "batch"}
+            with warnings.catch_warnings():  # the exporter's deprecation notice, every call
+                warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+                torch.onnx.export(module, example, str(tmp), input_names=list(INPUTS),
+                                  output_names=["logits"], dynamo=False, opset_version=opset,
+                                  dynamic_axes=axes, do_constant_folding=True)
+        elif exporter == "dynamo":
+            torch.onnx.export(module, example, str(tmp), input_names=list(INPUTS),
+                              output_names=["logits"], dynamo=True, opset_version=opset,
+                              dynamic_shapes=dynamic_shapes(max_seq), external_data=False,
+                              verbose=False)
+        else:
+            raise ValueError(f"unknown exporter {exporter!r} (torchscript, dynamo)")
         _strip_file(tmp)
     return out
 
@@ -120,13 +146,31 @@ def check_parity(path: Path, reference: np.ndarray, ids: np.ndarray, mask: np.nd
     return {"max_abs_diff": diff, "top1_agreement": agree}
 
 
+@contextlib.contextmanager
+def quiet_onnxruntime_tools() -> Iterator[None]:
+    """ONNX Runtime's optimizer and quantizer log every fused node and tensor at INFO on the
+    root logger (over a hundred lines per model): raise the root level while they run."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def optimize_transformer(src: Path, out: Path) -> dict[str, int]:
-    """``onnxruntime.transformers.optimizer`` (BERT fusions: LayerNorm, GELU, attention where it
-    matches) written to ``out``; returns the fused-operator statistics."""
+    """``onnxruntime.transformers.optimizer`` (BERT fusions: Attention, EmbedLayerNormalization,
+    SkipLayerNormalization, BiasGelu) written to ``out``; returns the fused-operator statistics.
+
+    Head counts are read from the graph (``num_heads=0``), which also holds for pruned heads.
+    """
     from onnxruntime.transformers import optimizer
 
-    opt = optimizer.optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0,
-                                   opt_level=1, use_gpu=False)
+    with warnings.catch_warnings(), quiet_onnxruntime_tools():
+        warnings.simplefilter("ignore")
+        opt = optimizer.optimize_model(str(src), model_type="bert", num_heads=0, hidden_size=0,
+                                       opt_level=1, use_gpu=False)
     stats = {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
     with atomic_path(out) as tmp:
         opt.save_model_to_file(str(tmp))

@@ -2,11 +2,15 @@
 that ONNX Runtime really runs int8 kernels.
 
 Scheme (DESIGN.md, "Facts"): int8 symmetric per-channel weights, uint8 (asymmetric)
-activations, only MatMul/Gemm quantized. Embedding lookups, the attention mask and every other
-integer tensor stay as they are; LayerNorm, softmax and GELU stay in float.
+activations on the weight MatMul/Gemm (and ORT's fused Attention, whose Q/K/V projection is one
+weight matmul). The attention mask and token ids are never quantized; LayerNorm, softmax and
+GELU stay in float.
 
 - ``ptq_dynamic``: weights quantized offline, activations per call (``DynamicQuantizeMatMul`` /
-  ``MatMulIntegerToFloat`` kernels): no calibration, the usual choice for BERT on CPUs.
+  ``MatMulIntegerToFloat`` / ``QAttention`` kernels): no calibration, the usual choice for BERT
+  on CPUs. With ``embeddings=True`` the embedding tables are stored int8 too
+  (``QEmbedLayerNormalization`` on the fused embeddings, or an int8 table feeding ``Gather``
+  then ``DequantizeLinear``): the word-embedding table is most of a small student's file.
 - ``ptq_static``: QDQ with activation ranges calibrated on training texts (``QLinearMatMul`` /
   ``QGemm`` / ``MatMulIntegerToFloat`` once ORT fuses the Q/DQ pairs).
 
@@ -33,20 +37,35 @@ logger = logging.getLogger(__name__)
 #: Operators that compute a matmul in integer arithmetic on ORT CPU.
 INT8_KERNELS = ("QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
                 "DynamicQuantizeMatMul", "QAttention", "QLinearConv")
-#: Float operators that hold a weight matmul when they take an initializer.
-FLOAT_MATMULS = ("MatMul", "Gemm", "FusedMatMul")
+#: Float operators that hold a weight matmul when they take an initializer as input 1 (ORT's
+#: fused Attention takes its packed Q/K/V weight there).
+FLOAT_MATMULS = ("MatMul", "Gemm", "FusedMatMul", "Attention")
+#: Embedding lookups: float when their table is a float initializer.
+EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
+#: What ``quantize_dynamic_int8`` quantizes.
+DYNAMIC_OPS = ["MatMul", "Gemm", "Attention"]
+DYNAMIC_EMBEDDING_OPS = ["Gather", "EmbedLayerNormalization"]
 #: Disabled when counting/serving static QDQ graphs: fusing a float MatMul+Add into Gemm would
 #: hide a Linear whose output has no Q node from the int8 fusions.
 QDQ_DISABLED = ["MatMulAddFusion"]
 
 
-def quantize_dynamic_int8(src: Path, out: Path, *, per_channel: bool = True) -> Path:
-    """Dynamic INT8 of every weight MatMul of ``src`` into ``out``."""
+def quantize_dynamic_int8(src: Path, out: Path, *, per_channel: bool = True,
+                          embeddings: bool = True) -> Path:
+    """Dynamic INT8 of every weight MatMul (and fused Attention) of ``src`` into ``out``; with
+    ``embeddings`` the embedding tables too (int8 storage, dequantized after the lookup)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_path(out) as tmp:
+    ops = DYNAMIC_OPS + (DYNAMIC_EMBEDDING_OPS if embeddings else [])
+    from edgecompress.text.export import quiet_onnxruntime_tools
+
+    with atomic_path(out) as tmp, quiet_onnxruntime_tools():
+        # ORT's contrib ops (Attention, SkipLayerNormalization, ...) defeat ONNX shape
+        # inference; their outputs are float.
         quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8,
-                         per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"])
+                         per_channel=per_channel, op_types_to_quantize=ops,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     return out
 
 
@@ -67,6 +86,7 @@ class _Reader:
 def quantize_static_int8(src: Path, out: Path, feeds: list[tuple[np.ndarray, np.ndarray]], *,
                          per_channel: bool = True) -> Path:
     """Static QDQ INT8 (uint8 activations, int8 per-channel weights) of the weight MatMuls."""
+    import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -74,12 +94,15 @@ def quantize_static_int8(src: Path, out: Path, feeds: list[tuple[np.ndarray, np.
         quantize_static,
     )
 
-    with atomic_path(out) as tmp:
+    from edgecompress.text.export import quiet_onnxruntime_tools
+
+    with atomic_path(out) as tmp, quiet_onnxruntime_tools():
         quantize_static(str(src), str(tmp), _Reader(feeds), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
                         calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": False,
+                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
+                                       "ActivationSymmetric": False,
                                        "WeightSymmetric": True,
                                        "MatMulConstBOnly": True})
     return out
@@ -89,7 +112,8 @@ def kernel_report(path: Path, *, disabled: list[str] | None = None) -> dict[str,
     """What ORT runs for ``path``: int8 kernel counts and float weight matmuls.
 
     Returns:
-        ``{"int8_kernels": {op: n}, "int8_total": n, "fp32_nodes": [names], "ops": {op: n}}``
+        ``{"int8_kernels": {op: n}, "int8_total": n, "fp32_nodes": [names],
+        "fp32_embeddings": [names], "int8_embeddings": n, "ops": {op: n}}``
     """
     import onnx
 
@@ -107,5 +131,13 @@ def kernel_report(path: Path, *, disabled: list[str] | None = None) -> dict[str,
     int8 = {op: ops[op] for op in INT8_KERNELS if ops.get(op)}
     fp32 = [node.name or node.output[0] for node in graph.node
             if node.op_type in FLOAT_MATMULS and any(i in weights for i in node.input[1:2])]
+    tables = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
+    float_emb = [node.name or node.output[0] for node in graph.node
+                 if node.op_type in EMBEDDING_OPS and any(i in tables for i in node.input[:3])]
+    int8_tables = {init.name for init in graph.initializer
+                   if init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
+    int8_emb = ops.get("QEmbedLayerNormalization", 0) + sum(
+        1 for node in graph.node if node.op_type == "Gather" and node.input[0] in int8_tables)
     return {"int8_kernels": int8, "int8_total": int(sum(int8.values())), "fp32_nodes": fp32,
+            "fp32_embeddings": float_emb, "int8_embeddings": int(int8_emb),
             "ops": dict(sorted(ops.items()))}

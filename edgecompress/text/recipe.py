@@ -144,13 +144,24 @@ class QuantConfig(_Strict):
         "run time; ptq_static: QDQ with calibrated uint8 activations; qat: PT2E fake-quant "
         "training of Linear/matmul, then QDQ export.")
     per_channel: bool = True
+    embeddings: bool = Field(
+        True, description="ptq_dynamic: store the embedding tables int8 too (dequantized after "
+        "the lookup); the word-embedding table is most of a small student's file.")
+    teacher_reference: bool = Field(
+        True, description="Also quantize the FP32 teacher with ONNX Runtime's quantize_dynamic "
+        "(the same settings) and bench it in the same rounds: the alternative to distillation "
+        "a user would try first (report: targets[].reference).")
     calibration_samples: int = Field(128, ge=1)
     qat: DistillConfig = Field(default_factory=lambda: DistillConfig(epochs=1, lr=2e-5))
 
 
 class ExportConfig(_Strict):
-    """ONNX export (dynamo, dynamic batch and sequence length) and its parity check."""
+    """ONNX export (dynamic batch and sequence length) and its parity check."""
 
+    exporter: Literal["torchscript", "dynamo"] = Field(
+        "torchscript", description="Exporter of the FP32 teacher and student: torchscript "
+        "(ORT's transformer optimizer fuses Attention, SkipLayerNormalization, BiasGelu on its "
+        "graph) or dynamo (no Attention fusion). QAT graphs always use dynamo.")
     opset: int = Field(18, ge=18)
     atol: float = Field(1e-3, gt=0, description="Max abs logit diff vs PyTorch.")
     parity_samples: int = Field(64, ge=1)

@@ -247,6 +247,12 @@ def test_pipeline_target_on_an_ssh_profile(sshd, write_recipe, tmp_path):
     assert target["latency_ms"]["runs"] == 50 and target["latency_ms"]["p50"] > 0
     assert target["teacher_latency_ms"]["p50"] > 0 and 0 <= target["accuracy"] <= 1
     assert target["parity"]["top1_agreement"] > 0.9
+    # Teacher and student timed on the board in the same interleaved rounds, as locally.
+    assert target["timing"]["scheme"] == "interleaved"
+    assert target["timing"]["where"] == "remote device" and target["timing"]["rounds"] > 1
+    assert sorted(target["timing"]["engines"]) == ["student", "teacher"]
+    assert target["speedup_vs_teacher"] > 0 and "speedup_noisy" in target
+    assert target["speedup_vs_teacher_cpu"] > 0
 
 
 def test_ssh_profile_rejects_ssh_fields_elsewhere():
@@ -325,3 +331,31 @@ def test_trtexec_runner_over_ssh(sshd, onnx_model, tmp_path):
     assert measured["accuracy"] is None and measured["logits"] is None
     assert measured["remote"]["device"]["tensorrt"] == "10.3.0"
     assert measured["remote"]["built_on_device"] is True
+
+
+def test_benchmark_many_builds_on_the_board_and_interleaves(sshd, onnx_model, tmp_path,
+                                                            monkeypatch):
+    """Two engines in one agent run: the staged (on-device build) path of TensorRT, exercised
+    with ONNX Runtime's real build on the 'board', and a plain artifact; same-round ratios."""
+    from edgecompress.backends import get_backend
+    from edgecompress.remote.bench import RemoteTarget
+
+    profile = parse_profile(sshd.profile(), "p.yaml")
+    target = RemoteTarget(profile, get_backend("onnxruntime"))
+    monkeypatch.setattr(RemoteTarget, "builds_on_device", property(lambda self: True))
+    staged = target.build(onnx_model, tmp_path / "engine", precision="fp32")
+    assert not staged.exists(), "built on the board, fetched back by the benchmark"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((24, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, size=24)
+    measured, speed = target.benchmark_many({"teacher": onnx_model, "student": staged}, x, y,
+                                            warmup=2, runs=40)
+    assert staged.is_file(), "the engine built on the board was fetched"
+    assert speed["timing"]["scheme"] == "interleaved" and speed["speedup_vs_teacher"] > 0
+    for name in ("teacher", "student"):
+        assert measured[name]["latency_ms"]["runs"] == 40
+        assert measured[name]["logits"].shape == (24, 10)
+    np.testing.assert_allclose(measured["student"]["logits"], measured["teacher"]["logits"],
+                               rtol=1e-4, atol=1e-5)  # the same model, built on the board
+    assert measured["student"]["remote"]["build_seconds"] >= 0
+    assert not any((sshd.root / "board work; dir").iterdir())  # job directory cleaned up

@@ -6,6 +6,10 @@ fetches ``result.json`` (+ ``logits.npy`` and a built engine). Measuring with th
 :func:`edgecompress.bench.benchmark_runner` as a local run keeps the numbers comparable, and the
 logits let the workstation compute parity against the PyTorch model it still holds.
 
+A request with ``engines`` (several artifacts, e.g. the student and the teacher) times them all
+in the same interleaved rounds (:func:`~edgecompress.bench.benchmark_runners`), so their ratios
+are taken round by round on the board as they are locally; the speedups come back computed.
+
 ``--probe BACKEND`` only reports whether the backend is usable on the device. Both modes print
 one JSON document on stdout; errors become ``{"ok": false, "error": {...}}`` so the workstation
 can re-raise them with their exit code instead of parsing a traceback.
@@ -89,6 +93,52 @@ def bench(request: dict[str, Any], job_dir: Path) -> dict[str, Any]:
             "build_seconds": build_seconds, "device": device_info()}
 
 
+def bench_many(request: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+    """Build (if asked), load and time every engine of ``request["engines"]`` in interleaved
+    rounds; logits go to ``logits-<name>.npy``. The speed fields compare ``student`` with
+    ``teacher`` (same-round ratios) when both are present."""
+    import numpy as np
+
+    from edgecompress.backends import get_backend
+    from edgecompress.bench import benchmark_runners
+    from edgecompress.bench.speed import speed_fields
+
+    backend = get_backend(request["backend"])
+    backend.validate(request["precision"], request["threads"])
+    engines: dict[str, dict[str, Any]] = {}
+    runners: dict[str, Any] = {}
+    with np.load(job_dir / request["inputs"], allow_pickle=False) as data:
+        x = data["x"]
+        y = data["y"] if "y" in data.files else None
+    try:
+        for spec in request["engines"]:
+            artifact, build_seconds = job_dir / spec["artifact"], None
+            if spec.get("build"):
+                t0 = time.perf_counter()
+                artifact = backend.build(artifact, job_dir / f"engine-{spec['name']}",
+                                         precision=spec["precision"],
+                                         **spec.get("build_options", {}))
+                build_seconds = round(time.perf_counter() - t0, 3)
+            engines[spec["name"]] = {
+                "artifact": str(Path(artifact).resolve().relative_to(job_dir.resolve())),
+                "build_seconds": build_seconds}
+            runners[spec["name"]] = backend.load(artifact, threads=request["threads"])
+        measured, result = benchmark_runners(
+            runners, x, y, warmup=request["warmup"], runs=request["runs"],
+            batch_size=request["batch_size"], max_seconds=request.get("max_seconds"),
+            min_runs=request.get("min_runs"))
+    finally:
+        for runner in runners.values():
+            runner.close()
+    for name, m in measured.items():
+        np.save(job_dir / f"logits-{name}.npy", np.asarray(m["logits"], dtype=np.float32))
+        engines[name].update(accuracy=m["accuracy"], latency_ms=m["latency_ms"],
+                             samples_ms=m["samples_ms"])
+    speed = (speed_fields(result, student="student", teacher="teacher")
+             if {"student", "teacher"} <= set(measured) else {"timing": result.schedule()})
+    return {"ok": True, "engines": engines, "speed": speed, "device": device_info()}
+
+
 def _error(err: BaseException) -> dict[str, Any]:
     from edgecompress.errors import EdgeCompressError
 
@@ -107,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         elif len(args) == 1:
             request_path = Path(args[0]).resolve()
             request = json.loads(request_path.read_text(encoding="utf-8"))
-            result = bench(request, request_path.parent)
+            run = bench_many if "engines" in request else bench
+            result = run(request, request_path.parent)
             (request_path.parent / RESULT_NAME).write_text(json.dumps(result), encoding="utf-8")
         else:
             result = _error(ValueError("usage: python -m edgecompress.remote.agent "

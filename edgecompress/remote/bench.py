@@ -242,16 +242,7 @@ class RemoteTarget:
                 "build_options": pending[2] if pending else {}, "threads": self.profile.threads,
                 "inputs": "inputs.npz", **timing}), encoding="utf-8")
             self.ssh.upload({"request.json": request}, job)
-            proc = self.ssh.run([*self.conn.python, "-m", "edgecompress.remote.agent",
-                                 f"{job}/request.json"], check=False)
-            result = _last_json(proc.stdout)
-            if result is None:
-                tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-10:]
-                raise RemoteError(f"on {self.ssh.where}: the edgecompress agent gave no result "
-                                  f"(exit {proc.returncode}):\n  " + "\n  ".join(tail))
-            if not result.get("ok"):
-                raise _reraise(self.ssh.where, result.get("error") or {})
-            self._device = result.get("device") or self._device
+            result = self._run_agent(job)
             (logits_file,) = self.ssh.download(job, [LOGITS_NAME], Path(tmp))
             logits = np.load(logits_file, allow_pickle=False)
             if pending is not None:
@@ -259,6 +250,94 @@ class RemoteTarget:
                     Path(result["artifact"]).name
                 self._fetch_engine(engine_dir, engine_name, artifact)
         return {**result, "logits": logits}
+
+    def _run_agent(self, job: str) -> dict[str, Any]:
+        """Run the agent on ``job/request.json``; its result, or the error it reported."""
+        proc = self.ssh.run([*self.conn.python, "-m", "edgecompress.remote.agent",
+                             f"{job}/request.json"], check=False)
+        result = _last_json(proc.stdout)
+        if result is None:
+            tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-10:]
+            raise RemoteError(f"on {self.ssh.where}: the edgecompress agent gave no result "
+                              f"(exit {proc.returncode}):\n  " + "\n  ".join(tail))
+        if not result.get("ok"):
+            raise _reraise(self.ssh.where, result.get("error") or {})
+        self._device = result.get("device") or self._device
+        return result
+
+    @property
+    def interleaves(self) -> bool:
+        """Whether several engines can be timed in one interleaved run on the board (the
+        edgecompress agent can; trtexec times one engine per invocation)."""
+        return self.conn.runner != "trtexec"
+
+    def benchmark_many(self, artifacts: dict[str, Path], x: np.ndarray, y: np.ndarray | None,
+                       *, warmup: int, runs: int, batch_size: int = 1,
+                       max_seconds: float | None = None, min_runs: int | None = None
+                       ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        """Time every artifact on the board in the same interleaved rounds (agent runner).
+
+        Returns:
+            ``(name -> {"accuracy", "latency_ms", "samples_ms", "logits", "remote"}, speed)``
+            where ``speed`` holds the report's timing and same-round speedup fields
+            (``student`` vs ``teacher``), computed on the board.
+        """
+        if not self.interleaves:
+            raise ConfigError("the trtexec runner times one engine per call; use benchmark()")
+        job = f"{_remote_workdir(self.conn.workdir).rstrip('/')}/job-{uuid.uuid4().hex[:12]}"
+        t0 = time.perf_counter()
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                inputs = Path(tmp) / "inputs.npz"
+                arrays = {"x": np.ascontiguousarray(x, dtype=np.float32)}
+                if y is not None:
+                    arrays["y"] = np.asarray(y)
+                np.savez(inputs, **arrays)
+                files, specs, pending = {"inputs.npz": inputs}, [], {}
+                for name, artifact in artifacts.items():
+                    artifact = Path(artifact)
+                    staged = self._pending.get(artifact.resolve())
+                    if staged is None and not artifact.is_file():
+                        raise ConfigError(f"artifact not found: {artifact}")
+                    source, precision, options = staged or (artifact, None, {})
+                    remote_name = f"{name}--{Path(source).name}"
+                    files[remote_name] = Path(source)
+                    specs.append({"name": name, "artifact": remote_name,
+                                  "build": staged is not None,
+                                  "precision": precision or self.profile.precision,
+                                  "build_options": options})
+                    if staged is not None:
+                        pending[name] = artifact
+                request = Path(tmp) / "request.json"
+                request.write_text(json.dumps({
+                    "backend": self.backend.name, "precision": self.profile.precision,
+                    "threads": self.profile.threads, "inputs": "inputs.npz", "engines": specs,
+                    "warmup": warmup, "runs": runs, "batch_size": batch_size,
+                    "max_seconds": max_seconds, "min_runs": min_runs}), encoding="utf-8")
+                self.ssh.upload({**files, "request.json": request}, job)
+                result = self._run_agent(job)
+                names = list(artifacts)
+                fetched = self.ssh.download(job, [f"logits-{n}.npy" for n in names], Path(tmp))
+                logits = {n: np.load(f, allow_pickle=False)
+                          for n, f in zip(names, fetched, strict=True)}
+                for name, artifact in pending.items():
+                    built = Path(job) / result["engines"][name]["artifact"]
+                    self._fetch_engine(str(built.parent), built.name, artifact)
+        finally:
+            self.ssh.remove(job)
+        remote = self.describe()
+        remote["seconds"] = round(time.perf_counter() - t0, 3)
+        out = {}
+        for name in artifacts:
+            engine = result["engines"][name]
+            out[name] = {"accuracy": engine["accuracy"], "latency_ms": engine["latency_ms"],
+                         "samples_ms": engine["samples_ms"], "logits": logits[name],
+                         "remote": {**remote, **({"build_seconds": engine["build_seconds"]}
+                                                 if engine.get("build_seconds") is not None
+                                                 else {})}}
+            logger.info("%s on %s: p50 %.4f ms (interleaved)", name, self.ssh.where,
+                        engine["latency_ms"]["p50"])
+        return out, result["speed"]
 
     def _bench_trtexec(self, job: str, artifact: Path, pending: Any, x: np.ndarray, *,
                        warmup: int, runs: int, batch_size: int) -> dict[str, Any]:

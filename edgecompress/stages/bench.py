@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgecompress.data.stream import parity_sample
 from edgecompress.io import atomic_write_json
 from edgecompress.recipe import TargetConfig, recipe_to_dict
 from edgecompress.stages.base import Context, Stage, StageResult
@@ -185,20 +186,31 @@ def prepare_target(ctx: Context, target: TargetConfig,
 def _remote_entry(ctx: Context, target: TargetConfig, backend: Any, entry: dict[str, Any],
                   remote: Any, adb_profile: Any, student_art: Path, teacher_art: Path,
                   reference_logits: Any) -> dict[str, Any]:
-    """Time a target on its device (ssh agent or adb benchmark_model), one engine after the
-    other: the device runs one benchmark per call."""
+    """Time a target on its device: over ssh the agent times teacher and student in the same
+    interleaved rounds (same-round speedups, as locally); adb's benchmark_model and trtexec
+    time one engine per call, so those run one after the other (``timing.scheme``)."""
     from edgecompress.bench import parity_summary
 
     bundle = ctx.bundle
-    measured = {}
+    measured: dict[str, Any] = {}
+    speed = {"timing": {"scheme": "sequential", "where": "remote device"}}
+    x, y = parity_sample(bundle.test.x, bundle.test.y)  # sent to the device: bounded
+    if adb_profile is None and remote.interleaves:  # the agent: same rounds as a local run
+        measured, speed = remote.benchmark_many(
+            {"teacher": teacher_art, "student": student_art}, x, y, warmup=target.warmup,
+            runs=target.runs, batch_size=target.batch_size, max_seconds=target.max_seconds,
+            min_runs=target.min_runs)
+        speed = {**speed, "timing": {**speed.get("timing", {}), "where": "remote device"}}
     for role, artifact in (("teacher", teacher_art), ("student", student_art)):
+        if role in measured:
+            continue
         if adb_profile is not None:  # a phone: benchmark_model times it there (no outputs)
             from edgecompress.bench.adb import measure_over_adb
 
             measured[role] = measure_over_adb(artifact, adb_profile, threads=target.threads,
                                               warmup=target.warmup, runs=target.runs)
             continue
-        measured[role] = remote.benchmark(artifact, bundle.test.x, bundle.test.y,
+        measured[role] = remote.benchmark(artifact, x, y,
                                           warmup=target.warmup, runs=target.runs,
                                           batch_size=target.batch_size,
                                           max_seconds=target.max_seconds,
@@ -214,7 +226,7 @@ def _remote_entry(ctx: Context, target: TargetConfig, backend: Any, entry: dict[
         "teacher_accuracy": measured["teacher"]["accuracy"],
         "latency_ms": s_lat, "teacher_latency_ms": t_lat,
         "speedup_vs_teacher": _speedup(t_lat, s_lat),
-        "timing": {"scheme": "sequential", "where": "remote device"},
+        **speed,
         "parity": parity_summary(reference_logits, measured["student"]["logits"])
         if measured["student"]["logits"] is not None else None,  # None: trtexec only times
         "remote": measured["student"]["remote"],

@@ -306,3 +306,61 @@ def test_import_edgecompress_does_not_import_tflite():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).resolve().parents[1], check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class _SiLUNet(torch.nn.Module):
+    """Conv-BN-SiLU blocks with a squeeze-excitation gate (SiLU inside, sigmoid gate): the
+    EfficientNet pattern litert-torch left in float before SiLU was decomposed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.SiLU())
+        self.body = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1),
+                                  nn.BatchNorm2d(32), nn.SiLU())
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(32, 8, 1), nn.SiLU(),
+                                nn.Conv2d(8, 32, 1), nn.Sigmoid())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        x = self.body(self.stem(x))
+        return self.head(x * self.se(x))
+
+
+def test_silu_networks_convert_fully_integer_and_agree(digits, tmp_path):
+    _need("litert_torch")
+    _need("ai_edge_litert")
+    from edgecompress.backends import get_backend
+    from edgecompress.quant.tflite import TFLitePreset
+
+    torch.manual_seed(0)
+    model = _SiLUNet()
+    x, y = torch.from_numpy(digits.train.x), torch.from_numpy(digits.train.y)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(3):
+        for i in range(0, len(x), 64):
+            loss = torch.nn.functional.cross_entropy(model(x[i:i + 64]), y[i:i + 64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+    preset = TFLitePreset()
+    example = x[:2]
+    prepared = preset.prepare(copy.deepcopy(model), example, qat=False)
+    with torch.no_grad():
+        for i in range(0, 256, 64):
+            prepared(x[i:i + 64])
+    converted = preset.convert(prepared)
+    path = preset.export(converted, example, tmp_path / "silu.tflite")
+    info = get_backend("tflite").inspect(path, precision="int8")
+    assert info["fully_integer"] and info["fp32_nodes"] == [] and preset.float_ops == []
+    assert info["int8_kernels"].get("LOGISTIC", 0) >= 4  # 3 SiLU + the SE gate
+    assert info["int8_kernels"].get("MUL", 0) >= 4
+    with get_backend("tflite").load(path, threads=1) as runner:
+        logits = runner.run(digits.test.x)
+    with torch.no_grad():
+        ref = converted(torch.from_numpy(digits.test.x)).numpy()
+        fp32 = model(torch.from_numpy(digits.test.x)).numpy()
+    assert float(np.mean(logits.argmax(1) == ref.argmax(1))) >= 0.97
+    acc_int8 = float(np.mean(logits.argmax(1) == digits.test.y))
+    assert acc_int8 >= float(np.mean(fp32.argmax(1) == digits.test.y)) - 0.03

@@ -139,6 +139,7 @@ def _build_quantizer(qat: bool, calibration: str, skip: frozenset[str]) -> Any:
             model = super()._annotate_all_static_patterns(model, quantization_config, keep)
             if quantization_config is not None:
                 _annotate_untraced_adds(model, quantization_config, keep)
+                _annotate_silu(model, quantization_config, keep)
             return model
 
     return SkippingQuantizer().set_global(config)
@@ -187,6 +188,70 @@ def _annotate_untraced_adds(model: torch.fx.GraphModule, config: Any,
         count += 1
     if count:
         logger.info("tflite int8: annotated %d residual add(s) without source information", count)
+    return count
+
+
+_SILUS = (torch.ops.aten.silu.default, torch.ops.aten.silu_.default)
+
+
+def decompose_silu(graph: torch.fx.GraphModule) -> int:
+    """Rewrite every ``silu(x)`` as ``mul(x, sigmoid(x))`` before annotation.
+
+    litert-torch has no annotator for SiLU; its converter lowers it to LOGISTIC + MUL in float,
+    wrapped in DEQUANTIZE/QUANTIZE (EfficientNet-B0: 196 float ops). Written as sigmoid and mul,
+    both get annotated (:func:`_annotate_silu`), and TFLite runs its int8 LOGISTIC (fixed output
+    scale 1/256) and int8 MUL kernels: the model converts fully integer.
+    """
+    count = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target not in _SILUS:
+            continue
+        x = node.args[0]
+        with graph.graph.inserting_before(node):
+            sigmoid = graph.graph.call_function(torch.ops.aten.sigmoid.default, (x,))
+            product = graph.graph.call_function(torch.ops.aten.mul.Tensor, (x, sigmoid))
+        for new in (sigmoid, product):  # shapes, module paths; not the SiLU's source
+            new.meta = {k: v for k, v in node.meta.items() if k != "source_fn_stack"}
+        node.replace_all_uses_with(product)
+        graph.graph.erase_node(node)
+        count += 1
+    if count:
+        graph.graph.lint()
+        graph.recompile()
+        logger.debug("tflite int8: %d SiLU written as sigmoid x mul", count)
+    return count
+
+
+def _annotate_silu(model: torch.fx.GraphModule, config: Any,
+                   keep: Callable[[torch.fx.Node], bool]) -> int:
+    """Annotate ``mul(x, sigmoid(x))`` (a decomposed SiLU): the sigmoid with TFLite's fixed
+    output quantization, the mul's two inputs and output like litert-torch's ``mul``."""
+    from litert_torch.quantize.pt2e_quantizer_utils import (
+        get_fixed_qparams_qspec,
+        get_input_act_qspec,
+        get_output_act_qspec,
+    )
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    count = 0
+    for node in model.graph.nodes:
+        if (node.op != "call_function" or node.target != torch.ops.aten.mul.Tensor
+                or "quantization_annotation" in node.meta or not keep(node)):
+            continue
+        x, gate = node.args[:2]
+        if not (isinstance(gate, torch.fx.Node) and gate.target == torch.ops.aten.sigmoid.default
+                and gate.args[0] is x and _is_float_tensor(x)):
+            continue
+        if "quantization_annotation" not in gate.meta:
+            gate.meta["quantization_annotation"] = QuantizationAnnotation(
+                input_qspec_map={x: get_input_act_qspec(config)},
+                output_qspec=get_fixed_qparams_qspec(config), _annotated=True)
+        node.meta["quantization_annotation"] = QuantizationAnnotation(
+            input_qspec_map={x: get_input_act_qspec(config), gate: get_input_act_qspec(config)},
+            output_qspec=get_output_act_qspec(config), _annotated=True)
+        count += 1
+    if count:
+        logger.info("tflite int8: annotated %d SiLU (sigmoid x mul) for int8 kernels", count)
     return count
 
 
@@ -265,6 +330,7 @@ class TFLitePreset(QuantPreset):
         model = model.cpu()
         model.train(qat)
         graph = _export_dynamic_batch(model, example)
+        decompose_silu(graph)
         self._quantizer = _build_quantizer(qat, self.calibration, skipped)
         with quiet_converter(), _patched_pattern_export():
             prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, self._quantizer)

@@ -252,6 +252,7 @@ def main() -> None:
         print(markdown(rows))
         return
 
+    args.work = args.work.resolve()  # the recipes written there name the data by this path
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.work / "data.npz"
     make_data(data, args.size)

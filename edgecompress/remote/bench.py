@@ -67,6 +67,16 @@ def _last_json(stdout: bytes) -> dict[str, Any] | None:
     return None
 
 
+def _write_inputs(folder: Path, x: np.ndarray, y: np.ndarray | None) -> Path:
+    """``inputs.npz`` for the agent: the exact test inputs (``x``) and labels (``y``)."""
+    inputs = folder / "inputs.npz"
+    arrays = {"x": np.ascontiguousarray(x, dtype=np.float32)}
+    if y is not None:
+        arrays["y"] = np.asarray(y)
+    np.savez(inputs, **arrays)
+    return inputs
+
+
 class RemoteTarget:
     """A target profile whose device is reached over ssh (``connection.kind: ssh``)."""
 
@@ -229,11 +239,7 @@ class RemoteTarget:
     def _bench_agent(self, job: str, artifact: Path, pending: Any, x: np.ndarray,
                      y: np.ndarray | None, **timing: Any) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
-            inputs = Path(tmp) / "inputs.npz"
-            arrays = {"x": np.ascontiguousarray(x, dtype=np.float32)}
-            if y is not None:
-                arrays["y"] = np.asarray(y)
-            np.savez(inputs, **arrays)
+            inputs = _write_inputs(Path(tmp), x, y)
             request = Path(tmp) / "request.json"
             name, precision = self._upload(job, artifact, pending, {"inputs.npz": inputs})
             request.write_text(json.dumps({
@@ -288,11 +294,7 @@ class RemoteTarget:
         t0 = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                inputs = Path(tmp) / "inputs.npz"
-                arrays = {"x": np.ascontiguousarray(x, dtype=np.float32)}
-                if y is not None:
-                    arrays["y"] = np.asarray(y)
-                np.savez(inputs, **arrays)
+                inputs = _write_inputs(Path(tmp), x, y)
                 files, specs, pending = {"inputs.npz": inputs}, [], {}
                 for name, artifact in artifacts.items():
                     artifact = Path(artifact)

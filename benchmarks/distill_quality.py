@@ -8,7 +8,8 @@ labels only (the baseline) and with each loss (``kd``, ``dkd``, ``dist``) at the
 baseline gets the same augmentation and schedule, as the stage trains it. With an augmentation,
 one more hard-label student is trained without it, so a gain that only comes from an
 augmentation hurting the hard-label student shows. Reported per cell: test accuracy, gain
-over the baseline (and over the unaugmented one) in pp, the fraction of the student->teacher gap closed
+over the baseline (and over the unaugmented one) in pp, the fraction of the student->teacher gap
+closed
 ((distilled - baseline) / (teacher - baseline)), and the *carried-forward* student: the one the
 stage keeps (distilled unless the baseline is better on the validation split).
 

@@ -3,9 +3,13 @@ on three offline datasets x several seeds, trained by the distill stage's own co
 
 Per dataset and seed: a teacher is trained on the train split (cross-entropy, best validation
 epoch kept); the student is trained from the same initialisation and with the same budget on hard
-labels only (the baseline) and with each loss (``kd``, ``dkd``, ``dist``) at the stage's default
-temperature / alpha (or ``--temperature`` / ``--alpha``). Reported per cell: test accuracy, gain
-over the baseline in pp, the fraction of the student->teacher gap closed
+labels only (the baseline) and with each loss (``kd``, ``dkd``, ``dist``) at the stage's defaults
+(temperature, alpha, augmentation, epochs, patience; each overridable on the command line): the
+baseline gets the same augmentation and schedule, as the stage trains it. With an augmentation,
+one more hard-label student is trained without it, so a gain that only comes from an
+augmentation hurting the hard-label student shows. Reported per cell: test accuracy, gain
+over the baseline (and over the unaugmented one) in pp, the fraction of the student->teacher gap
+closed
 ((distilled - baseline) / (teacher - baseline)), and the *carried-forward* student: the one the
 stage keeps (distilled unless the baseline is better on the validation split).
 
@@ -21,8 +25,8 @@ Datasets (all offline):
 
     nice -n 10 python benchmarks/distill_quality.py --seeds 3
 
-Prints a table and writes benchmarks/results/distill_quality.json. Not a test: ~10-20 minutes
-on 2 cores.
+Prints a table and writes benchmarks/results/distill_quality.json. Not a test: ~12 minutes on 2
+shared cores (1 thread) at the defaults.
 """
 
 from __future__ import annotations
@@ -138,7 +142,11 @@ def models(name: str, data: SimpleNamespace) -> tuple:
 
 
 def run_cell(name: str, seed: int, args, cfg, dist_info) -> dict:
-    """Teacher, baseline and one distilled student per loss for one dataset and seed."""
+    """Teacher, baseline and one distilled student per loss for one dataset and seed.
+
+    With an augmentation, one more hard-label student is trained without it (``plain``): the
+    stage's baseline gets the augmentation too, so the gain alone would hide an augmentation that
+    lowers the hard-label student (``gain_vs_plain_pp`` shows that)."""
     from edgecompress.stages.distill import Setting, choose_student, train_student
     from edgecompress.training import accuracy, seed_everything, train
 
@@ -150,8 +158,8 @@ def run_cell(name: str, seed: int, args, cfg, dist_info) -> dict:
     teacher = make_teacher()
     train(teacher, teacher, lambda m, xb, yb, idx: F.cross_entropy(m(xb), yb),
           x_train=data.train.x, y_train=data.train.y, x_val=data.val.x, y_val=data.val.y,
-          epochs=args.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-          batch_size=cfg.batch_size, patience=args.epochs, seed=seed + 1000,
+          epochs=args.teacher_epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+          batch_size=cfg.batch_size, patience=args.teacher_epochs, seed=seed + 1000,
           dist_info=dist_info, desc="teacher")
     teacher.eval()
     for p in teacher.parameters():
@@ -161,16 +169,22 @@ def run_cell(name: str, seed: int, args, cfg, dist_info) -> dict:
            "teacher": {"test": accuracy(teacher, data.test.x, data.test.y, dev),
                        "val": accuracy(teacher, data.val.x, data.val.y, dev)}}
     students = {}
-    for role, setting in [("baseline", Setting("kd", cfg.temperature, 0.0))] + [
-            (loss, Setting(loss, cfg.temperature, cfg.alpha)) for loss in args.losses]:
+    runs = [("baseline", Setting("kd", cfg.temperature, 0.0), cfg)]
+    if cfg.augment != "none":
+        runs.append(("plain", Setting("kd", cfg.temperature, 0.0),
+                     cfg.model_copy(update={"augment": "none"})))
+    runs += [(loss, Setting(loss, cfg.temperature, cfg.alpha), cfg) for loss in args.losses]
+    for role, setting, run_cfg in runs:
         seed_everything(seed)
         student = make_student()
-        result = train_student(teacher, student, data, cfg, setting, seed=seed,
+        result = train_student(teacher, student, data, run_cfg, setting, seed=seed,
                                dist_info=dist_info, role=role)
         students[role] = {"test": accuracy(student, data.test.x, data.test.y, dev),
                           "val": result.best_val_accuracy}
     base, t_acc = students.pop("baseline"), row["teacher"]["test"]
+    plain = students.pop("plain", base)
     row["baseline"] = base
+    row["plain_baseline"] = plain
     row["distilled"] = {}
     for loss, s in students.items():
         kept = choose_student(s["val"], base["val"])
@@ -178,6 +192,7 @@ def run_cell(name: str, seed: int, args, cfg, dist_info) -> dict:
         gap = t_acc - base["test"]
         row["distilled"][loss] = {
             **s, "gain_pp": 100 * (s["test"] - base["test"]),
+            "gain_vs_plain_pp": 100 * (s["test"] - plain["test"]),
             "gap_closed": (s["test"] - base["test"]) / gap if gap > 0 else None,
             "kept": kept, "carried_test": carried["test"],
             "carried_gain_pp": 100 * (carried["test"] - base["test"]),
@@ -200,11 +215,14 @@ def summarise(rows: list[dict], losses: list[str]) -> dict:
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         sub = [r for r in rows if r["dataset"] == ds]
         entry = {"teacher_test": _ms([r["teacher"]["test"] for r in sub]),
-                 "baseline_test": _ms([r["baseline"]["test"] for r in sub])}
+                 "baseline_test": _ms([r["baseline"]["test"] for r in sub]),
+                 "plain_baseline_test": _ms([r.get("plain_baseline", r["baseline"])["test"]
+                                             for r in sub])}
         for loss in losses:
             cells = [r["distilled"][loss] for r in sub]
             entry[loss] = {"test": _ms([c["test"] for c in cells]),
                            "gain_pp": _ms([c["gain_pp"] for c in cells]),
+                           "gain_vs_plain_pp": _ms([c["gain_vs_plain_pp"] for c in cells]),
                            "gap_closed": _ms([c["gap_closed"] for c in cells]),
                            "carried_gain_pp": _ms([c["carried_gain_pp"] for c in cells]),
                            "wins": sum(c["gain_pp"] > 0 for c in cells),
@@ -214,6 +232,7 @@ def summarise(rows: list[dict], losses: list[str]) -> dict:
         cells = [r["distilled"][loss] for r in rows]
         out["overall"][loss] = {
             "gain_pp": _ms([c["gain_pp"] for c in cells]),
+            "gain_vs_plain_pp": _ms([c["gain_vs_plain_pp"] for c in cells]),
             "gap_closed": _ms([c["gap_closed"] for c in cells]),
             "carried_gain_pp": _ms([c["carried_gain_pp"] for c in cells]),
             "wins": sum(c["gain_pp"] > 0 for c in cells), "cells": len(cells),
@@ -228,24 +247,34 @@ def _pm(stat: dict, scale: float = 1.0, spec: str = "+.2f") -> str:
     return f"{format(stat['mean'] * scale, spec)} ± {format(stat['stdev'] * scale, '.' + digits)}"
 
 
-def table(summary: dict, losses: list[str]) -> str:
-    """Markdown table: per dataset, teacher/baseline and each loss (mean ± stdev over seeds)."""
-    lines = ["| dataset | teacher | hard-label student | loss | distilled | gain (pp) | "
-             "gap closed | distilled wins | carried-forward gain (pp) |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+def table(summary: dict, losses: list[str], augmented: bool = False) -> str:
+    """Markdown table: per dataset, teacher/baseline and each loss (mean ± stdev over seeds).
+
+    ``augmented``: add the hard-label student trained without the augmentation and the gain over
+    it."""
+    plain_h, plain_s = (" hard-label, no augment |", "---:|") if augmented else ("", "")
+    vs_h, vs_s = (" gain vs no-augment (pp) |", "---:|") if augmented else ("", "")
+    lines = [f"| dataset | teacher | hard-label student |{plain_h} loss | distilled | gain (pp) |"
+             f"{vs_h} gap closed | distilled wins | carried-forward gain (pp) |",
+             f"|---|---:|---:|{plain_s}---|---:|---:|{vs_s}---:|---:|---:|"]
     for ds, e in summary["per_dataset"].items():
         for i, loss in enumerate(losses):
             c = e[loss]
+            plain = f" {_pm(e['plain_baseline_test'], 100, '.2f')} |" if augmented else ""
             head = (f"| {ds} | {_pm(e['teacher_test'], 100, '.2f')} | "
-                    f"{_pm(e['baseline_test'], 100, '.2f')} |" if i == 0 else "| | | |")
-            lines.append(f"{head} {loss} | {_pm(c['test'], 100, '.2f')} | {_pm(c['gain_pp'])} | "
-                         f"{_pm(c['gap_closed'], 100, '+.0f')} % | {c['wins']}/"
+                    f"{_pm(e['baseline_test'], 100, '.2f')} |{plain}" if i == 0
+                    else "| | | |" + (" |" if augmented else ""))
+            vs = f" {_pm(c['gain_vs_plain_pp'])} |" if augmented else ""
+            lines.append(f"{head} {loss} | {_pm(c['test'], 100, '.2f')} | {_pm(c['gain_pp'])} |"
+                         f"{vs} {_pm(c['gap_closed'], 100, '+.0f')} % | {c['wins']}/"
                          f"{c['gain_pp']['n']} | {_pm(c['carried_gain_pp'])} |")
-    lines += ["", "| loss | mean gain (pp) | gap closed | distilled wins | carried-forward gain "
-              "(pp) | carried never worse on val |", "|---|---:|---:|---:|---:|---|"]
+    lines += ["", f"| loss | mean gain (pp) |{vs_h} gap closed | distilled wins | carried-forward "
+              "gain (pp) | carried never worse on val |", f"|---|---:|{vs_s}---:|---:|---:|---|"]
     for loss in losses:
         o = summary["overall"][loss]
-        lines.append(f"| {loss} | {_pm(o['gain_pp'])} | {_pm(o['gap_closed'], 100, '+.0f')} % | "
+        vs = f" {_pm(o['gain_vs_plain_pp'])} |" if augmented else ""
+        lines.append(f"| {loss} | {_pm(o['gain_pp'])} |{vs} "
+                     f"{_pm(o['gap_closed'], 100, '+.0f')} % | "
                      f"{o['wins']}/{o['cells']} | {_pm(o['carried_gain_pp'])} | "
                      f"{'yes' if o['carried_val_never_worse'] else 'NO'} |")
     return "\n".join(lines)
@@ -253,20 +282,29 @@ def table(summary: dict, losses: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run every dataset x seed, print the table, write the JSON."""
+    from edgecompress.stages.augment import AUGMENTATIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["digits", "fashion", "mnist"])
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="Seeds first-seed .. first-seed + seeds - 1 (held-out confirmation).")
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=LOSSES)
-    parser.add_argument("--epochs", type=int, default=30,
-                        help="Epochs of the teacher and of every student (fixed budget: the "
-                        "best validation epoch is kept).")
+    parser.add_argument("--teacher-epochs", type=int, default=30,
+                        help="Epochs of the teacher (fixed budget: the best validation epoch is "
+                        "kept).")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="Epochs of every student; default: the distill stage's default.")
+    parser.add_argument("--patience", type=int, default=None,
+                        help="Early-stopping patience of every student; default: the distill "
+                        "stage's default (the best validation epoch is kept either way).")
     parser.add_argument("--temperature", type=float, default=None,
                         help="Default: the distill stage's default.")
     parser.add_argument("--alpha", type=float, default=None,
                         help="Default: the distill stage's default.")
-    parser.add_argument("--augment", default="none",
-                        choices=["none", "shift", "mixup", "shift+mixup"],
-                        help="stages.distill.augment for every student (the baseline too).")
+    parser.add_argument("--augment", default=None, choices=list(AUGMENTATIONS),
+                        help="stages.distill.augment for every student (the baseline too); "
+                        "default: the distill stage's default.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path,
                         default=Path(__file__).parent / "results" / "distill_quality.json")
@@ -277,15 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     from edgecompress.report import cpu_description
 
     torch.set_num_threads(args.threads)
-    overrides = {k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha))
-                 if v is not None}
-    cfg = DistillConfig(epochs=args.epochs, patience=args.epochs, augment=args.augment,
-                        **overrides)
+    overrides = {k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha),
+                                   ("epochs", args.epochs), ("patience", args.patience),
+                                   ("augment", args.augment)) if v is not None}
+    cfg = DistillConfig(**overrides)
     dist_info = init_distributed("cpu")
     started = time.perf_counter()
     rows = []
     for name in args.datasets:
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             row = run_cell(name, seed, args, cfg, dist_info)
             rows.append(row)
             cells = "  ".join(f"{k} {v['test']:.4f} ({v['gain_pp']:+.2f} pp, kept {v['kept']})"
@@ -293,19 +331,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name} seed {seed}: teacher {row['teacher']['test']:.4f}  baseline "
                   f"{row['baseline']['test']:.4f}  {cells}  [{row['seconds']} s]", flush=True)
     summary = summarise(rows, args.losses)
-    text = table(summary, args.losses)
+    text = table(summary, args.losses, augmented=cfg.augment != "none")
     cpu = cpu_description()
     print("\n" + text)
     print(f"\nsettings: T={cfg.temperature:g}, alpha={cfg.alpha:g}, augment {cfg.augment}, "
-          f"{args.epochs} epochs, "
+          f"{cfg.epochs} epochs (patience {cfg.patience}; teacher {args.teacher_epochs}), "
           f"lr {cfg.lr:g}, batch {cfg.batch_size}; CPU {cpu['model']}, {args.threads} thread(s); "
           f"{time.perf_counter() - started:.0f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({
-        "settings": {"temperature": cfg.temperature, "alpha": cfg.alpha, "epochs": args.epochs,
+        "settings": {"temperature": cfg.temperature, "alpha": cfg.alpha, "epochs": cfg.epochs,
+                     "patience": cfg.patience, "teacher_epochs": args.teacher_epochs,
                      "lr": cfg.lr, "batch_size": cfg.batch_size, "dkd_beta": cfg.dkd_beta,
                      "augment": cfg.augment,
-                     "losses": args.losses, "seeds": args.seeds, "threads": args.threads},
+                     "losses": args.losses, "seeds": args.seeds, "first_seed": args.first_seed,
+                     "threads": args.threads},
         "environment": {"cpu": cpu, "python": platform.python_version(),
                         "torch": torch.__version__},
         "seconds": round(time.perf_counter() - started, 1),

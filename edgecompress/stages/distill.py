@@ -125,8 +125,8 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Any, cfg: Distil
             projections[f.student] = make_projection(s_taps.outputs[f.student],
                                                      t_taps.outputs[f.teacher]).to(device)
         teacher_logits = None
-    elif augments(data.train.x):
-        teacher_logits = None  # random train transforms: the teacher sees each batch as is
+    elif augments(data.train.x) or cfg.augment != "none":
+        teacher_logits = None  # random transforms: the teacher labels each augmented batch
     elif alpha > 0 and teacher_logits is None:
         # No feature terms: the teacher's logits never change, so compute them once.
         teacher_logits = torch.from_numpy(
@@ -136,26 +136,21 @@ def train_student(teacher: nn.Module, student: nn.Module, data: Any, cfg: Distil
           "dkd_beta": cfg.dkd_beta}
 
     def loss_fn(module: nn.Module, xb: torch.Tensor, yb: torch.Tensor, idx: torch.Tensor):
-        if cfg.augment != "none":
-            return augmented_loss(module, teacher if alpha > 0 else None, xb, yb, cfg.augment,
-                                  **kw)
+        # Augment first: the teacher (logits and feature taps) sees exactly the student's input.
+        xb, perm, lam = augment_batch(xb, cfg.augment)
         logits = module(xb)
-        if features:
-            with torch.no_grad():
-                t_logits = teacher(xb)
-            loss = distillation_loss(logits, t_logits, yb, **kw)
-            for f in features:
-                proj = trainable.projections[f.student.replace(".", "__")]
-                loss = loss + f.weight * feature_mse(proj(s_taps.outputs[f.student]),
-                                                     t_taps.outputs[f.teacher].detach())
-            return loss
         t_logits = None
-        if alpha > 0 and teacher_logits is None:
+        if teacher_logits is not None:  # no augmentation, no feature terms: precomputed
+            t_logits = teacher_logits[idx.to(device)]
+        elif alpha > 0 or features:
             with torch.no_grad():
                 t_logits = teacher(xb)
-        elif alpha > 0:
-            t_logits = teacher_logits[idx.to(device)]
-        return distillation_loss(logits, t_logits, yb, **kw)
+        loss = mixed_distillation_loss(logits, t_logits, yb, perm, lam, **kw)
+        for f in features:
+            proj = trainable.projections[f.student.replace(".", "__")]
+            loss = loss + f.weight * feature_mse(proj(s_taps.outputs[f.student]),
+                                                 t_taps.outputs[f.teacher].detach())
+        return loss
 
     try:
         return train(student, trainable, loss_fn, x_train=data.train.x, y_train=data.train.y,
@@ -234,7 +229,8 @@ class DistillStage(Stage):
             return build_student(ctx).to(device)
 
         teacher_logits = None
-        if cfg.enabled and not cfg.features and not augments(bundle.train.x):
+        if (cfg.enabled and not cfg.features and cfg.augment == "none"
+                and not augments(bundle.train.x)):
             teacher_logits = torch.from_numpy(
                 predict_logits(teacher, bundle.train.x, device)).to(device)
         setting = Setting(cfg.loss, cfg.temperature, cfg.alpha if cfg.enabled else 0.0)
@@ -338,24 +334,40 @@ def _log_choice(summary: dict[str, Any]) -> None:
                        "forward instead (%s)", text)
 
 
+def augment_batch(xb: torch.Tensor, augment: str
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """Apply ``stages.distill.augment`` to a batch: (augmented batch, the mixing permutation or
+    None, lambda = the weight of each image's own label)."""
+    if "shift" in augment:
+        xb = random_shift(xb)
+    if "mixup" in augment:
+        return mixup(xb)
+    if "cutmix" in augment:
+        return cutmix(xb)
+    return xb, None, 1.0
+
+
+def mixed_distillation_loss(logits: torch.Tensor, t_logits: torch.Tensor | None,
+                            yb: torch.Tensor, perm: torch.Tensor | None, lam: float,
+                            **kw: Any) -> torch.Tensor:
+    """:func:`distillation_loss` whose hard-label term is mixed like the batch (lambda on each
+    image's label, 1 - lambda on its partner's); the soft term is the teacher's label of the
+    mixed image itself, so it is the same in both halves."""
+    out = distillation_loss(logits, t_logits, yb, **kw)
+    if perm is not None:
+        out = lam * out + (1 - lam) * distillation_loss(logits, t_logits, yb[perm], **kw)
+    return out
+
+
 def augmented_loss(module: nn.Module, teacher: nn.Module | None, xb: torch.Tensor,
                    yb: torch.Tensor, augment: str, *, alpha: float, temperature: float,
                    loss: str = "kd", dkd_beta: float = 8.0) -> torch.Tensor:
     """Distillation (or hard-label) loss on an augmented batch the teacher labels afresh."""
-    if "shift" in augment:
-        xb = random_shift(xb)
-    perm, lam = None, 1.0
-    if "mixup" in augment:
-        xb, perm, lam = mixup(xb)
-    elif "cutmix" in augment:
-        xb, perm, lam = cutmix(xb)
+    xb, perm, lam = augment_batch(xb, augment)
     logits = module(xb)
     t_logits = None
     if teacher is not None:
         with torch.no_grad():
             t_logits = teacher(xb)
     kw = {"alpha": alpha, "temperature": temperature, "loss": loss, "dkd_beta": dkd_beta}
-    out = distillation_loss(logits, t_logits, yb, **kw)
-    if perm is not None:
-        out = lam * out + (1 - lam) * distillation_loss(logits, t_logits, yb[perm], **kw)
-    return out
+    return mixed_distillation_loss(logits, t_logits, yb, perm, lam, **kw)

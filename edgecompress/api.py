@@ -242,18 +242,17 @@ def _compress_text(raw: dict[str, Any], base_dir: Path | None, out: Path, force:
                           "(CSV/TSV/JSONL); train=/test= take image data in this version")
     if targets is not None:
         raw["targets"] = [dict(t) for t in targets]
-    from edgecompress.text.pipeline import TextPipeline
-    from edgecompress.text.recipe import parse_text_recipe
+    from edgecompress.families import get_family
 
-    TextPipeline(parse_text_recipe(raw, source="compress()", base_dir=base_dir), out).run(
-        force=force, overwrite=overwrite)
-    return collect_result(out)
+    recipe_obj = get_family("text-classification").parse_recipe(raw, source="compress()",
+                                                                base_dir=base_dir)
+    return run_recipe(recipe_obj, out, force=force, overwrite=overwrite)
 
 
-def run_recipe(recipe: Recipe, out: str | Path, *, force: str | None = None,
+def run_recipe(recipe: Any, out: str | Path, *, force: str | None = None,
                overwrite: bool = False) -> CompressResult:
-    """Run a parsed recipe into ``out`` and collect the result (the CLI's ``run``). Under
-    torchrun only rank 0 writes the report; the other ranks get an empty ``report``."""
+    """Run a parsed recipe of any task into ``out`` and collect the result (the CLI's ``run``).
+    Under torchrun only rank 0 writes the report; the other ranks get an empty ``report``."""
     from edgecompress.pipeline import Pipeline
 
     out = Path(out)

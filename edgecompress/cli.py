@@ -87,15 +87,10 @@ _overwrite = click.option("--overwrite", is_flag=True,
 @_force
 @_overwrite
 def run(recipe_path: Path, out: Path, force: str | None, overwrite: bool) -> None:
-    """Run RECIPE (YAML) into the run directory; exit 1 if the gate fails."""
-    from edgecompress.recipe import load_recipe
-    from edgecompress.text.cli import is_text_recipe_file, run_text
+    """Run RECIPE (YAML, any task) into the run directory; exit 1 if the gate fails."""
+    from edgecompress.families import load_any_recipe
 
-    if is_text_recipe_file(recipe_path):  # task: text-classification (edgecompress/text)
-        with _writing_into(out):
-            code = run_text(recipe_path, out, force, overwrite)
-        sys.exit(code)
-    sys.exit(_run_recipe(load_recipe(recipe_path), out, force, overwrite))
+    sys.exit(_run_recipe(load_any_recipe(recipe_path), out, force, overwrite))
 
 
 @cli.command()
@@ -116,20 +111,25 @@ def demo(out: Path, force: str | None, overwrite: bool) -> None:
 @cli.command()
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(path_type=Path))
 def validate(recipe_path: Path) -> None:
-    """Check RECIPE and print it resolved, with every default filled in."""
+    """Check RECIPE (any task) and print it resolved, with every default filled in."""
     import yaml
 
-    from edgecompress.recipe import load_recipe, recipe_to_dict
-    from edgecompress.text.cli import is_text_recipe_file, validate_text
+    from edgecompress.families import family_for, load_any_recipe
 
-    if is_text_recipe_file(recipe_path):
-        click.echo(validate_text(recipe_path))
-        return
-    from edgecompress.stages.common import check_model_sources
+    recipe = load_any_recipe(recipe_path)
+    family = family_for(recipe)
+    family.check_sources(recipe)  # a missing package is exit 3 here, before any training
+    click.echo(yaml.safe_dump(family.recipe_to_dict(recipe), sort_keys=False))
 
-    recipe = load_recipe(recipe_path)
-    check_model_sources(recipe)  # a missing zoo package is exit 3 here, before any training
-    click.echo(yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False))
+
+@cli.command()
+def tasks() -> None:
+    """List the model families a recipe's ``task`` can name."""
+    from edgecompress.families import get_family
+    from edgecompress.families import tasks as known
+
+    for task in known():
+        click.echo(f"{task}: {get_family(task).summary}")
 
 
 _GATE_OPTIONS = (

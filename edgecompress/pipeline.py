@@ -32,38 +32,23 @@ from edgecompress.distributed import (
 from edgecompress.environment import TRACKED_PACKAGES, library_versions  # noqa: F401
 from edgecompress.errors import ConfigError, RunDirError
 from edgecompress.io import atomic_write_json, sha256_file, sha256_json
-from edgecompress.recipe import Recipe, recipe_to_dict
+from edgecompress.families import family_for
 from edgecompress.runlock import remove_stale_temp_files, run_dir_lock
 from edgecompress.stages.base import Context, Stage, read_stage_manifest  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_VERSION = 1
-def default_stages() -> list[Stage]:
-    """The stages in pipeline order (imported here so ``import edgecompress`` stays light)."""
-    from edgecompress.stages.bench import BenchStage
-    from edgecompress.stages.data import DataStage
-    from edgecompress.stages.distill import DistillStage
-    from edgecompress.stages.export import ExportStage
-    from edgecompress.stages.finetune import FinetuneStage
-    from edgecompress.stages.prune import PruneStage
-    from edgecompress.stages.qat import QatStage
-    from edgecompress.stages.report import ReportStage
-
-    return [DataStage(), FinetuneStage(), DistillStage(), PruneStage(), QatStage(),
-            ExportStage(), BenchStage(), ReportStage()]
-
-
-def run_identity(recipe: Recipe) -> str:
+def run_identity(recipe: Any) -> str:
     """What makes a run directory 'the same run': its data, teacher and seed.
 
     Other recipe changes (epochs, targets, ...) rerun only the stages they affect.
     """
-    raw = recipe_to_dict(recipe)
+    raw = family_for(recipe).recipe_to_dict(recipe)
     return sha256_json({"data": raw["data"], "teacher": raw["teacher"], "seed": raw["seed"]})
 
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe, *, overwrite: bool) -> None:
+def prepare_run_dir(run_dir: Path, recipe: Any, *, overwrite: bool) -> None:
     """Create or adopt ``run_dir``; refuse another run's (or a foreign) non-empty directory.
 
     Call it holding :func:`edgecompress.runlock.run_dir_lock`: it also deletes the temp files
@@ -158,48 +143,16 @@ def clear_run_dir(run_dir: Path) -> list[str]:
     return kept
 
 
-def preflight(ctx: Context) -> None:
-    """Check every input before anything is written: data loads, models build and fit the data's
-    shape and classes, the prune section fits the student, targets name known backends with
-    supported settings.
-
-    Bad input therefore fails fast (exit 2) and leaves no run directory behind.
-    """
-    from edgecompress.backends import get_backend
-    from edgecompress.stages.common import build_student, build_teacher_arch, check_model_sources
-    from edgecompress.stages.losses import FeatureTaps
-
-    check_model_sources(ctx.recipe)  # packages and names, before any data is read
-    bundle = ctx.bundle
-    logger.info("data: %s, %d classes, input %s, train/val/test %d/%d/%d", bundle.name,
-                bundle.num_classes, bundle.input_shape, len(bundle.train.y), len(bundle.val.y),
-                len(bundle.test.y))
-    teacher, _ = build_teacher_arch(ctx)
-    student = build_student(ctx)
-    for feature in ctx.recipe.stages.distill.features:  # layer names exist (hooks removed again)
-        FeatureTaps(teacher, [feature.teacher], "teacher").remove()
-        FeatureTaps(student, [feature.student], "student").remove()
-    from edgecompress.stages.prune import check_prune
-
-    pruned = check_prune(ctx, student)  # layers exist, budget reachable, pruned copy rebuilds
-    for target in ctx.recipe.targets:
-        get_backend(target.backend).validate(target.precision, target.threads)
-    from edgecompress.stages.qat import check_qat
-
-    check_qat(ctx.recipe)  # int8 targets: qat enabled, each preset fits its backend
-    from edgecompress.stages.export import check_tflite_convertible
-
-    # The converter sees the pruned shapes (ConvNeXt converts whole but not pruned).
-    check_tflite_convertible(ctx, {"teacher": teacher, "student": pruned or student})
-
-
 class Pipeline:
-    """Runs stages in order inside one run directory, skipping those already up to date."""
+    """Runs a recipe's stages in order inside one run directory, skipping those already up to
+    date. The recipe's model family (its ``task``) supplies the stages, the context they share
+    and the preflight; everything else here is the same for every family."""
 
-    def __init__(self, recipe: Recipe, run_dir: str | Path, stages: list[Stage] | None = None):
+    def __init__(self, recipe: Any, run_dir: str | Path, stages: list[Stage] | None = None):
         self.recipe = recipe
+        self.family = family_for(recipe)
         self.run_dir = Path(run_dir).resolve()
-        self.stages = stages if stages is not None else default_stages()
+        self.stages = stages if stages is not None else self.family.stages()
         self.names = [s.name for s in self.stages]
 
     def _manifest_state(self, stage: Stage, ctx: Context) -> dict[str, Any]:
@@ -244,15 +197,21 @@ class Pipeline:
         if force is not None and force not in self.names:
             raise ConfigError(f"--force {force}: unknown stage; stages are "
                               f"{', '.join(self.names)}")
+        threads = getattr(self.recipe, "threads", None)
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         dist_info = init_distributed(self.recipe.device)
         try:
-            ctx = Context(self.recipe, self.run_dir, dist_info)
-            preflight(ctx)
+            ctx = self.family.context(self.recipe, self.run_dir, dist_info)
+            self.family.preflight(ctx)
             # One process per run directory (rank 0 holds the lock for all ranks).
             with run_dir_lock(self.run_dir) if dist_info.is_main else contextlib.nullcontext():
                 if dist_info.is_main:
                     prepare_run_dir(self.run_dir, self.recipe, overwrite=overwrite)
-                    atomic_write_json(self.run_dir / "recipe.json", recipe_to_dict(self.recipe))
+                    atomic_write_json(self.run_dir / "recipe.json",
+                                      self.family.recipe_to_dict(self.recipe))
                 barrier()
                 return self._run_stages(ctx, force)
         finally:

@@ -561,6 +561,9 @@ class Recipe(_Strict):
     """A whole compression recipe."""
 
     version: Literal[1] = Field(RECIPE_VERSION, description="Recipe schema version.")
+    task: Literal["image-classification"] = Field(
+        "image-classification", description="The model family (edgecompress tasks lists them); "
+        "text-classification recipes have their own sections.")
     name: str = Field("recipe", description="A name for the run (shown in the report).")
     seed: int = Field(0, description="Seed for data splits, initialisation and training.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Training device; auto "

@@ -54,9 +54,9 @@ def _exit_code(argv) -> int:
 
 
 def test_text_run_end_to_end_and_resume(tmp_path, capsys):
+    from edgecompress.families import load_any_recipe
+    from edgecompress.pipeline import Pipeline
     from edgecompress.report import load_report
-    from edgecompress.text.pipeline import TextPipeline
-    from edgecompress.text.recipe import load_text_recipe
 
     raw = _recipe(tmp_path)
     recipe_path = _write(tmp_path, raw)
@@ -65,6 +65,12 @@ def test_text_run_end_to_end_and_resume(tmp_path, capsys):
     assert "Transformer sizes" in capsys.readouterr().out
     report = load_report(out / "report.json")
     assert report["schema_version"] == 1 and report["dataset"]["classes"] == ["neg", "pos"]
+    # Issue 12: the shared report stage: report.html, junit.xml and the task for text runs too
+    assert report["task"] == "text-classification"
+    html = (out / "report.html").read_text()
+    assert "<h2>Targets</h2>" in html and "Accuracy vs p50 latency" in html
+    assert report["environment"]["packages"].get("transformers")
+    assert (out / "junit.xml").is_file()
     teacher, student = report["teacher"], report["student"]
     assert student["encoder_params"] < 0.5 * teacher["encoder_params"]
     assert student["heads"] == [2] and student["layers"] == 1
@@ -101,16 +107,16 @@ def test_text_run_end_to_end_and_resume(tmp_path, capsys):
     config = json.loads((out / "prune" / "model" / "config.json").read_text())
     assert config["pruned_heads"] and config["intermediate_size"] == 32
     # Resume: nothing changed, every stage is skipped.
-    status = TextPipeline(load_text_recipe(recipe_path), out).run()
+    status = Pipeline(load_any_recipe(recipe_path), out).run()
     assert set(status.values()) == {"skipped"}, status
     # A changed target reruns bench and report only.
     raw["targets"][0]["runs"] = 6
-    status = TextPipeline(load_text_recipe(_write(tmp_path, raw)), out).run()
+    status = Pipeline(load_any_recipe(_write(tmp_path, raw)), out).run()
     assert [k for k, v in status.items() if v == "ran"] == ["bench", "report"]
     # Switching INT8 to QAT (torchao PT2E) reruns export onwards; every Linear still runs int8.
     pytest.importorskip("torchao", reason="torchao not installed (QAT)")
     raw["quant"] = {"method": "qat", "qat": {"epochs": 1, "lr": 1e-4, "batch_size": 16}}
-    status = TextPipeline(load_text_recipe(_write(tmp_path, raw)), out).run()
+    status = Pipeline(load_any_recipe(_write(tmp_path, raw)), out).run()
     assert [k for k, v in status.items() if v == "ran"] == ["export", "bench", "report"]
     int8 = {t["name"]: t for t in load_report(out / "report.json")["targets"]}["int8"]
     assert int8["int8_kernels"] == {"QGemm": 2, "MatMulIntegerToFloat": 6}

@@ -1,1 +1,2 @@
-"""Pipeline stages: data, finetune, distill, prune, export, bench, report (QAT comes later)."""
+"""The pipeline's stages. The image family's: data, finetune, distill, prune, qat, export, bench,
+report; the report stage is shared by every family (see :mod:`edgecompress.families`)."""

@@ -28,10 +28,14 @@ class StageResult:
 
 
 class Context:
-    """What a stage can see: the recipe, the run directory, the process group, the dataset."""
+    """What a stage can see: the recipe, its model family, the run directory, the process
+    group, the dataset (families subclass it to add what their stages share)."""
 
     def __init__(self, recipe: Recipe, run_dir: Path, dist_info: DistInfo) -> None:
+        from edgecompress.families import family_for
+
         self.recipe = recipe
+        self.family = family_for(recipe)
         self.run_dir = run_dir
         self.dist = dist_info
         self._bundle = None

@@ -1,0 +1,101 @@
+"""The model-family contract: what differs between image classification, text classification
+and any family added later, behind one small interface, so the pipeline, the CLI, the Python API
+and the report are written once.
+
+Peers keep one code path plus per-architecture adapters (ModelOpt's mode registry, Optimum's
+export configs); this is ours. A family is registered by its recipe ``task`` (see
+:mod:`edgecompress.families`), and everything outside the family asks it, never an
+``if task == ...``:
+
+- the recipe: its schema (one top-level ``task`` discriminator picks the family), validation,
+  and the resolved dict written to ``recipe.json`` and hashed by the stages;
+- the run: the context its stages share (dataset, tokenizer, ...), the stage list, and the
+  preflight that checks every input before anything is written;
+- the report: the dataset/teacher/student blocks of ``report.json`` and any lines of its own
+  in ``report.md``; the shared report stage adds targets, stage timings, environment and gate
+  and renders report.md, report.html and junit.xml the same way for every family.
+
+Stage classes that are already family-agnostic (the report stage) are shared; the training,
+pruning, export and bench stages move behind this interface one at a time (see the README's
+"Model families").
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover - typing only (stages import torch)
+    from edgecompress.distributed import DistInfo
+    from edgecompress.stages.base import Context, Stage
+
+
+class ModelFamily(ABC):
+    """One kind of model and task (image classification, text classification, ...).
+
+    Subclasses set :attr:`task` (the recipe's ``task`` value) and :attr:`summary`, implement the
+    abstract methods, and are registered with :func:`edgecompress.families.register_family`.
+    Methods take the family's own recipe object (what :meth:`parse_recipe` returns).
+    """
+
+    #: The recipe's ``task`` value that selects this family.
+    task: ClassVar[str]
+    #: One line for ``edgecompress tasks`` and error messages.
+    summary: ClassVar[str]
+    #: Stage names whose manifests feed the report, in pipeline order.
+    report_upstream: ClassVar[tuple[str, ...]]
+    #: Packages (distribution names) whose versions the report's environment records.
+    report_packages: ClassVar[tuple[str, ...]] = ()
+
+    # --- recipe ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def parse_recipe(self, raw: dict[str, Any], *, source: str, base_dir: Path | None) -> Any:
+        """Validate a parsed mapping into this family's recipe (relative paths resolved against
+        ``base_dir``).
+
+        Raises:
+            ConfigError: naming ``source`` and the dotted path of every bad key.
+        """
+
+    @abstractmethod
+    def recipe_to_dict(self, recipe: Any) -> dict[str, Any]:
+        """The JSON-ready resolved recipe (``recipe.json``, stage config hashes)."""
+
+    def check_sources(self, recipe: Any) -> None:
+        """Validate-time checks that need no data and no training: packages present, model ids
+        and factories resolvable. Raises ``BackendUnavailable`` (exit 3) or ``ConfigError``."""
+
+    # --- run ---------------------------------------------------------------------------------
+
+    @abstractmethod
+    def context(self, recipe: Any, run_dir: Path, dist_info: DistInfo) -> Context:
+        """The object the stages share for one run in one process."""
+
+    @abstractmethod
+    def stages(self) -> list[Stage]:
+        """The stages in pipeline order (the last one is the shared report stage)."""
+
+    @abstractmethod
+    def preflight(self, ctx: Context) -> None:
+        """Check every input before anything is written (data loads, models build and fit the
+        data, targets are supported). Bad input fails here, leaving no run directory."""
+
+    # --- report ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def report_body(self, ctx: Context, manifests: dict[str, dict[str, Any]],
+                    targets: list[dict[str, Any]]) -> dict[str, Any]:
+        """The family's part of ``report.json``: at least ``dataset``, ``teacher`` (with
+        ``accuracy``) and ``student`` (with ``accuracy_fp32``); optionally ``distillation``,
+        ``quantization`` and blocks of its own. ``manifests`` holds the metrics of every stage
+        in :attr:`report_upstream`; ``targets`` the bench results (read-only)."""
+
+    def report_markdown(self, report: dict[str, Any]) -> str:
+        """Lines of the family's own appended to the common report.md ("" for none)."""
+        return ""
+
+    def run_blocks(self, report: dict[str, Any]) -> dict[str, Any]:
+        """Run-level inputs of the gate (e.g. ``{"distillation": ...}``)."""
+        return {}

@@ -1,0 +1,146 @@
+"""The image-classification family: built-in CNNs, zoo ids (torchvision, timm, Hugging Face
+image models), factories, TorchScript/.pt2 files and live ``nn.Module``s, on image data
+(digits, npz, idx, image folders, Hugging Face image datasets).
+
+Its stages are :mod:`edgecompress.stages` (finetune -> distill -> prune -> qat -> export ->
+bench -> report); this module is what the pipeline asks of it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, ClassVar
+
+from edgecompress.families.base import ModelFamily
+
+logger = logging.getLogger(__name__)
+
+
+class ImageFamily(ModelFamily):
+    """Image classification (``task: image-classification``, the default)."""
+
+    task: ClassVar[str] = "image-classification"
+    summary: ClassVar[str] = ("CNNs and ViTs (built-in, torchvision, timm, "
+                              "Hugging Face, any nn.Module) on image data")
+    report_upstream: ClassVar[tuple[str, ...]] = ("data", "finetune", "distill", "prune", "qat",
+                                                  "export", "bench")
+
+    def parse_recipe(self, raw: dict[str, Any], *, source: str, base_dir: Path | None) -> Any:
+        from edgecompress.recipe import parse_recipe
+
+        return parse_recipe(raw, source=source, base_dir=base_dir)
+
+    def recipe_to_dict(self, recipe: Any) -> dict[str, Any]:
+        from edgecompress.recipe import recipe_to_dict
+
+        return recipe_to_dict(recipe)
+
+    def check_sources(self, recipe: Any) -> None:
+        from edgecompress.stages.common import check_model_sources
+
+        check_model_sources(recipe)
+
+    def context(self, recipe: Any, run_dir: Path, dist_info: Any) -> Any:
+        from edgecompress.stages.base import Context
+
+        return Context(recipe, run_dir, dist_info)
+
+    def stages(self) -> list[Any]:
+        from edgecompress.stages.bench import BenchStage
+        from edgecompress.stages.data import DataStage
+        from edgecompress.stages.distill import DistillStage
+        from edgecompress.stages.export import ExportStage
+        from edgecompress.stages.finetune import FinetuneStage
+        from edgecompress.stages.prune import PruneStage
+        from edgecompress.stages.qat import QatStage
+        from edgecompress.stages.report import ReportStage
+
+        return [DataStage(), FinetuneStage(), DistillStage(), PruneStage(), QatStage(),
+                ExportStage(), BenchStage(), ReportStage()]
+
+    def preflight(self, ctx: Any) -> None:
+        """Data loads, models build and fit the data's shape and classes, feature taps exist,
+        the prune section fits the student, targets name supported backends and settings, the
+        int8 presets fit their backends, and TFLite targets' models convert."""
+        from edgecompress.backends import get_backend
+        from edgecompress.stages.common import build_student, build_teacher_arch
+        from edgecompress.stages.losses import FeatureTaps
+
+        self.check_sources(ctx.recipe)  # packages and names, before any data is read
+        bundle = ctx.bundle
+        logger.info("data: %s, %d classes, input %s, train/val/test %d/%d/%d", bundle.name,
+                    bundle.num_classes, bundle.input_shape, len(bundle.train.y),
+                    len(bundle.val.y), len(bundle.test.y))
+        teacher, _ = build_teacher_arch(ctx)
+        student = build_student(ctx)
+        for feature in ctx.recipe.stages.distill.features:  # layer names exist (hooks removed)
+            FeatureTaps(teacher, [feature.teacher], "teacher").remove()
+            FeatureTaps(student, [feature.student], "student").remove()
+        from edgecompress.stages.prune import check_prune
+
+        pruned = check_prune(ctx, student)  # layers exist, budget reachable, copy rebuilds
+        for target in ctx.recipe.targets:
+            get_backend(target.backend).validate(target.precision, target.threads)
+        from edgecompress.stages.qat import check_qat
+
+        check_qat(ctx.recipe)  # int8 targets: qat enabled, each preset fits its backend
+        from edgecompress.stages.export import check_tflite_convertible
+
+        # The converter sees the pruned shapes (ConvNeXt converts whole but not pruned).
+        check_tflite_convertible(ctx, {"teacher": teacher, "student": pruned or student})
+
+    def report_body(self, ctx: Any, manifests: dict[str, dict[str, Any]],
+                    targets: list[dict[str, Any]]) -> dict[str, Any]:
+        from edgecompress.models import count_macs, count_params
+        from edgecompress.stages.common import load_final_student, load_teacher
+
+        bundle = ctx.bundle
+        finetune, distill, export = manifests["finetune"], manifests["distill"], manifests["export"]
+        prune = manifests["prune"]
+        teacher, student = load_teacher(ctx), load_final_student(ctx)
+        shape = bundle.input_shape
+        # The exported student is the pruned one when pruning ran; without pruning it is the
+        # one the distill stage carried forward (distilled, or hard-label when that was better).
+        student_acc = prune["test_accuracy"] if prune.get("enabled") else \
+            (distill.get("final") or distill["student"])["test_accuracy"]
+        return {
+            "dataset": {**bundle.describe(), "eval_samples": int(len(bundle.test.y)),
+                        "num_classes": bundle.num_classes, "input_shape": list(shape),
+                        "augmentations": {"finetune": ctx.recipe.stages.finetune.augment,
+                                          "distill": ctx.recipe.stages.distill.augment}},
+            "teacher": {"accuracy": finetune["test_accuracy"], "params": count_params(teacher),
+                        "macs": count_macs(teacher, shape),
+                        "size_bytes": export["teacher"]["size_bytes"]},
+            "student": {"accuracy_fp32": student_acc,
+                        "accuracy_fp32_distilled": distill["student"]["test_accuracy"],
+                        "params": count_params(student), "macs": count_macs(student, shape),
+                        "size_bytes": export["student"]["size_bytes"],
+                        "baseline_accuracy_fp32": distill.get("baseline", {}).get(
+                            "test_accuracy"),
+                        "distillation_gain_pp": distill.get("distillation_gain_pp")},
+            "distillation": distill.get("distillation"),
+            "quantization": quantization_summary(manifests["qat"]),
+        }
+
+    def run_blocks(self, report: dict[str, Any]) -> dict[str, Any]:
+        return {"distillation": report.get("distillation")}
+
+
+def quantization_summary(qat: dict[str, Any]) -> dict[str, Any] | None:
+    """Per INT8 preset: mode, accuracy of the PyTorch int8 model vs the float student, which
+    layers are int8 and which stayed FP32 (and why: sensitivity, accuracy criterion)."""
+    if not qat.get("enabled"):
+        return None
+    out: dict[str, Any] = {"mode": qat["mode"], "fp32_test_accuracy": qat["fp32"]["test_accuracy"],
+                           "presets": {}}
+    keys = ("status", "reason", "targets", "test_accuracy", "test_drop_vs_fp32_pp",
+            "layers_quantized", "fp32_layers", "sensitivity", "accuracy_criterion", "parity",
+            "size_bytes", "rationale")
+    for name, entry in qat.get("presets", {}).items():
+        out["presets"][name] = {k: entry[k] for k in keys if k in entry}
+        choice = entry.get("qat") or {}
+        if "kept" in choice:  # qat mode compared with PTQ on the validation split
+            out["presets"][name]["qat_vs_ptq"] = {k: choice[k] for k in (
+                "kept", "qat_val_accuracy", "ptq_val_accuracy", "ptq_calibration")}
+    return out

@@ -123,6 +123,17 @@ def validate(recipe_path: Path) -> None:
 
 
 @cli.command()
+@click.option("--task", "task", default="image-classification", show_default=True,
+              help="The task whose recipe schema to print (see 'edgecompress tasks').")
+def schema(task: str) -> None:
+    """Print a task's recipe schema: every key with its default and description (YAML)."""
+    from edgecompress.families import get_family
+    from edgecompress.schema_doc import schema_text
+
+    click.echo(schema_text(get_family(task).recipe_model(), task), nl=False)
+
+
+@cli.command()
 def tasks() -> None:
     """List the model families a recipe's ``task`` can name."""
     from edgecompress.families import get_family

@@ -45,7 +45,7 @@ def run_identity(recipe: Any) -> str:
     Other recipe changes (epochs, targets, ...) rerun only the stages they affect.
     """
     raw = family_for(recipe).recipe_to_dict(recipe)
-    return sha256_json({"data": raw["data"], "teacher": raw["teacher"], "seed": raw["seed"]})
+    return sha256_json({key: raw.get(key) for key in ("data", "teacher", "seed")})
 
 
 def prepare_run_dir(run_dir: Path, recipe: Any, *, overwrite: bool) -> None:

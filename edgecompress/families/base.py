@@ -60,6 +60,10 @@ class ModelFamily(ABC):
         """
 
     @abstractmethod
+    def recipe_model(self) -> type:
+        """The pydantic model of this family's recipe (``edgecompress schema`` prints it)."""
+
+    @abstractmethod
     def recipe_to_dict(self, recipe: Any) -> dict[str, Any]:
         """The JSON-ready resolved recipe (``recipe.json``, stage config hashes)."""
 

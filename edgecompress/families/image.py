@@ -31,6 +31,11 @@ class ImageFamily(ModelFamily):
 
         return parse_recipe(raw, source=source, base_dir=base_dir)
 
+    def recipe_model(self) -> type:
+        from edgecompress.recipe import Recipe
+
+        return Recipe
+
     def recipe_to_dict(self, recipe: Any) -> dict[str, Any]:
         from edgecompress.recipe import recipe_to_dict
 

@@ -37,6 +37,11 @@ class TextFamily(ModelFamily):
 
         return parse_text_recipe(raw, source=source, base_dir=base_dir)
 
+    def recipe_model(self) -> type:
+        from edgecompress.text.recipe import TextRecipe
+
+        return TextRecipe
+
     def recipe_to_dict(self, recipe: Any) -> dict[str, Any]:
         from edgecompress.text.recipe import text_recipe_to_dict
 

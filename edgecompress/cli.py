@@ -297,7 +297,7 @@ def bench(artifact: Path, target: str, data: str | None, seed: int, out: Path,
                           "as its own run")
     with _writing_into(out):
         if profile.connection.kind == "ssh":  # measured on the board, never on this machine
-            from edgecompress.remote.bench import bench_artifact_remote
+            from edgecompress.remote.artifact import bench_artifact_remote
 
             report = bench_artifact_remote(artifact, profile, out, data=data, seed=seed,
                                            overwrite=overwrite,

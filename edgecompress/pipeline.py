@@ -31,8 +31,8 @@ from edgecompress.distributed import (
 )
 from edgecompress.environment import TRACKED_PACKAGES, library_versions  # noqa: F401
 from edgecompress.errors import ConfigError, RunDirError
-from edgecompress.io import atomic_write_json, sha256_file, sha256_json
 from edgecompress.families import family_for
+from edgecompress.io import atomic_write_json, sha256_file, sha256_json
 from edgecompress.runlock import remove_stale_temp_files, run_dir_lock
 from edgecompress.stages.base import Context, Stage, read_stage_manifest  # noqa: F401
 

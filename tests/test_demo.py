@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from edgecompress.isa import cpu_info
 from edgecompress.families import get_family
+from edgecompress.isa import cpu_info
 from edgecompress.quant.presets import preset_for_target
 from tests.conftest import run_cli
 
@@ -61,4 +61,5 @@ def test_demo_meets_its_targets(tmp_path):
     # A second demo into the same directory resumes: nothing is recomputed.
     again = run_cli("demo", "--out", str(out))
     assert again.returncode == 0
-    assert again.stderr.count("up to date, skipped") == len(get_family("image-classification").stages())
+    stages = get_family("image-classification").stages()
+    assert again.stderr.count("up to date, skipped") == len(stages)

@@ -195,7 +195,8 @@ def test_unreachable_host_is_a_clear_error(sshd):
 
 def test_remote_benchmark_of_an_onnxruntime_engine(sshd, onnx_model):
     from edgecompress.backends import get_backend
-    from edgecompress.remote.bench import RemoteTarget, remote_benchmark
+    from edgecompress.remote.artifact import remote_benchmark
+    from edgecompress.remote.bench import RemoteTarget
 
     profile = parse_profile(sshd.profile(), "p.yaml")
     rng = np.random.default_rng(0)
@@ -272,7 +273,7 @@ def test_missing_identity_file_is_a_config_error(tmp_path):
 
 
 def test_bench_artifact_remote_writes_the_report(sshd, onnx_model, tmp_path):
-    from edgecompress.remote.bench import bench_artifact_remote
+    from edgecompress.remote.artifact import bench_artifact_remote
 
     profile = parse_profile(sshd.profile(input_shape=[1, 1, 8, 8]), "p.yaml")
     out = tmp_path / "bench"
@@ -305,7 +306,7 @@ TIMES_PY = ("import json,sys; json.dump([dict(computeMs=0.1 + i / 1000) "
 
 def test_trtexec_runner_over_ssh(sshd, onnx_model, tmp_path):
     """The trtexec path end to end over ssh, with a stand-in for the tool itself."""
-    from edgecompress.remote.bench import remote_benchmark
+    from edgecompress.remote.artifact import remote_benchmark
 
     args_file = tmp_path / "args.txt"
     script = tmp_path / "trtexec"

@@ -110,7 +110,7 @@ def bench_artifact(artifact: Path, profile: TargetProfile, out_dir: Path, *,
     _check_out_dir(out_dir, overwrite)
     if profile.connection.kind == "ssh":
         raise ConfigError(f"target profile {profile.name!r} is reached over ssh: measure it on "
-                          "the board with edgecompress.remote.bench.bench_artifact_remote (the "
+                          "the board with edgecompress.remote.artifact.bench_artifact_remote (the "
                           "'edgecompress bench' command does), never on this machine")
     ok, reasons = profile_availability(profile)
     if not ok:

@@ -69,7 +69,9 @@ class ModelFamily(ABC):
 
     def check_sources(self, recipe: Any) -> None:
         """Validate-time checks that need no data and no training: packages present, model ids
-        and factories resolvable. Raises ``BackendUnavailable`` (exit 3) or ``ConfigError``."""
+        and factories resolvable. Raises ``BackendUnavailable`` (exit 3) or ``ConfigError``.
+        The default checks nothing."""
+        return None
 
     # --- run ---------------------------------------------------------------------------------
 

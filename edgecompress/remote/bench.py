@@ -25,56 +25,24 @@ from typing import Any
 
 import numpy as np
 
-from edgecompress import errors
 from edgecompress.errors import ConfigError, EdgeCompressError
 from edgecompress.io import atomic_path
 from edgecompress.remote.agent import LOGITS_NAME
+from edgecompress.remote.jobs import (
+    dynamic_input_shapes,
+    last_json,
+    remote_workdir,
+    reraise,
+    write_inputs,
+)
 from edgecompress.remote.ssh import RemoteError, RemoteUnreachable, SSHRunner
 from edgecompress.targets import TargetProfile, builds_on_device, machine_reasons
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_WORKDIR = ".cache/edgecompress/jobs"
 SOURCE_NAME = "model.onnx"
 ENGINE_NAME = "model.engine"
 _TIMES_NAME = "times.json"
-
-
-def _remote_workdir(workdir: str | None) -> str:
-    """Job root on the board; ``~/x`` becomes ``x`` (ssh commands start in the home directory
-    and a quoted ``~`` would not be expanded)."""
-    if not workdir:
-        return DEFAULT_WORKDIR
-    return workdir[2:] if workdir.startswith("~/") else workdir
-
-
-def _reraise(where: str, error: dict[str, Any]) -> EdgeCompressError:
-    """The agent's error as the same edgecompress error class, prefixed with the host."""
-    cls = getattr(errors, str(error.get("type")), None)
-    message = f"on {where}: {error.get('message')}"
-    if isinstance(cls, type) and issubclass(cls, EdgeCompressError):
-        return cls(message)
-    return RemoteError(f"{message} ({error.get('type')})")
-
-
-def _last_json(stdout: bytes) -> dict[str, Any] | None:
-    for line in reversed(stdout.decode("utf-8", "replace").strip().splitlines()):
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except ValueError:
-                return None
-    return None
-
-
-def _write_inputs(folder: Path, x: np.ndarray, y: np.ndarray | None) -> Path:
-    """``inputs.npz`` for the agent: the exact test inputs (``x``) and labels (``y``)."""
-    inputs = folder / "inputs.npz"
-    arrays = {"x": np.ascontiguousarray(x, dtype=np.float32)}
-    if y is not None:
-        arrays["y"] = np.asarray(y)
-    np.savez(inputs, **arrays)
-    return inputs
 
 
 class RemoteTarget:
@@ -141,7 +109,7 @@ class RemoteTarget:
         proc = self.ssh.run([*self.conn.python, "-m", "edgecompress.remote.agent", "--probe",
                              self.backend.name], check=False,
                             timeout=self.conn.connect_timeout + 120)
-        result = _last_json(proc.stdout)
+        result = last_json(proc.stdout)
         if result is None or "device" not in result:
             tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-3:]
             return False, (f"edgecompress is not usable on {self.ssh.where} with "
@@ -197,7 +165,7 @@ class RemoteTarget:
         pending = self._pending.get(artifact.resolve())
         if pending is None and not artifact.is_file():
             raise ConfigError(f"artifact not found: {artifact}")
-        job = f"{_remote_workdir(self.conn.workdir).rstrip('/')}/job-{uuid.uuid4().hex[:12]}"
+        job = f"{remote_workdir(self.conn.workdir).rstrip('/')}/job-{uuid.uuid4().hex[:12]}"
         t0 = time.perf_counter()
         try:
             if self.conn.runner == "trtexec":
@@ -239,7 +207,7 @@ class RemoteTarget:
     def _bench_agent(self, job: str, artifact: Path, pending: Any, x: np.ndarray,
                      y: np.ndarray | None, **timing: Any) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
-            inputs = _write_inputs(Path(tmp), x, y)
+            inputs = write_inputs(Path(tmp), x, y)
             request = Path(tmp) / "request.json"
             name, precision = self._upload(job, artifact, pending, {"inputs.npz": inputs})
             request.write_text(json.dumps({
@@ -261,13 +229,13 @@ class RemoteTarget:
         """Run the agent on ``job/request.json``; its result, or the error it reported."""
         proc = self.ssh.run([*self.conn.python, "-m", "edgecompress.remote.agent",
                              f"{job}/request.json"], check=False)
-        result = _last_json(proc.stdout)
+        result = last_json(proc.stdout)
         if result is None:
             tail = proc.stderr.decode("utf-8", "replace").strip().splitlines()[-10:]
             raise RemoteError(f"on {self.ssh.where}: the edgecompress agent gave no result "
                               f"(exit {proc.returncode}):\n  " + "\n  ".join(tail))
         if not result.get("ok"):
-            raise _reraise(self.ssh.where, result.get("error") or {})
+            raise reraise(self.ssh.where, result.get("error") or {})
         self._device = result.get("device") or self._device
         return result
 
@@ -290,11 +258,11 @@ class RemoteTarget:
         """
         if not self.interleaves:
             raise ConfigError("the trtexec runner times one engine per call; use benchmark()")
-        job = f"{_remote_workdir(self.conn.workdir).rstrip('/')}/job-{uuid.uuid4().hex[:12]}"
+        job = f"{remote_workdir(self.conn.workdir).rstrip('/')}/job-{uuid.uuid4().hex[:12]}"
         t0 = time.perf_counter()
         try:
             with tempfile.TemporaryDirectory() as tmp:
-                inputs = _write_inputs(Path(tmp), x, y)
+                inputs = write_inputs(Path(tmp), x, y)
                 files, specs, pending = {"inputs.npz": inputs}, [], {}
                 for name, artifact in artifacts.items():
                     artifact = Path(artifact)
@@ -356,7 +324,7 @@ class RemoteTarget:
         name, precision = self._upload(job, artifact, pending, {})
         options = dict(pending[2]) if pending else {}
         input_shape = [batch_size, *np.asarray(x).shape[1:]]
-        shapes = _dynamic_input_shapes(pending[0] if pending else None, input_shape)
+        shapes = dynamic_input_shapes(pending[0] if pending else None, input_shape)
         argv = trtexec_command(
             onnx=name if pending else None, load_engine=None if pending else name,
             save_engine=ENGINE_NAME if pending else None,
@@ -392,22 +360,6 @@ class RemoteTarget:
         return {"accuracy": None, "latency_ms": latency, "samples_ms": samples, "logits": None}
 
 
-def _dynamic_input_shapes(onnx_path: Path | None, shape: list[int]) -> dict[str, list[int]]:
-    """``--shapes`` for the model's first input when its batch dimension is dynamic."""
-    if onnx_path is None:
-        return {}
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
-    if not inputs:
-        return {}
-    dims = inputs[0].type.tensor_type.shape.dim
-    dynamic = any(not d.HasField("dim_value") for d in dims)
-    return {inputs[0].name: shape} if dynamic else {}
-
-
 def remote_target(profile: TargetProfile | None, backend: Any) -> RemoteTarget | None:
     """A :class:`RemoteTarget` when ``profile`` is reached over ssh, else ``None``."""
     if profile is None or profile.connection.kind != "ssh":
@@ -422,65 +374,3 @@ def remote_target_for(target: Any, backend: Any) -> RemoteTarget | None:
     from edgecompress.targets import load_profile
 
     return remote_target(load_profile(target.profile), backend)
-
-
-def remote_benchmark(profile: TargetProfile, artifact: Path, x: np.ndarray,
-                     y: np.ndarray | None, **timing: Any) -> dict[str, Any]:
-    """Benchmark one already built artifact (``edgecompress bench`` on an ssh profile).
-
-    ``timing``: ``warmup``, ``runs``, ``batch_size``, ``max_seconds``, ``min_runs``. An ONNX
-    artifact for a backend that builds on the device is built there with the profile's
-    precision and ``build_options``.
-
-    Raises:
-        BackendUnavailable: The board or its runtime is not usable (every reason given).
-    """
-    from edgecompress.backends import get_backend
-
-    backend = get_backend(profile.backend)
-    target = RemoteTarget(profile, backend)
-    ok, reason = target.availability()
-    if not ok:
-        raise errors.BackendUnavailable(f"target profile {profile.name!r}: {reason}")
-    artifact = Path(artifact)
-    if target.builds_on_device and artifact.suffix == ".onnx":
-        with tempfile.TemporaryDirectory() as tmp:
-            engine = target.build(artifact, Path(tmp), precision=profile.precision)
-            return target.benchmark(engine, x, y, **timing)
-    return target.benchmark(artifact, x, y, **timing)
-
-
-def bench_artifact_remote(artifact: Path, profile: TargetProfile, out_dir: Path, *,
-                          data: str | None = None, seed: int = 0, overwrite: bool = False,
-                          gate_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``edgecompress bench ARTIFACT --target <ssh profile>``: measured on the board, the
-    report files written here exactly as for a local benchmark, plus ``targets[0].remote``.
-
-    Raises:
-        ConfigError / DataError / ModelError / RunDirError: bad input (nothing written).
-        BackendUnavailable: the board or its runtime is not usable.
-    """
-    from edgecompress.bench.artifact import (
-        _check_out_dir,
-        _load_data,
-        build_bench_report,
-        write_bench_outputs,
-    )
-
-    artifact = Path(artifact)
-    if not artifact.is_file():
-        raise ConfigError(f"artifact not found: {artifact}")
-    _check_out_dir(out_dir, overwrite)
-    bundle, x, y = _load_data(data, seed) if data else (None, None, None)
-    if x is None:
-        if profile.input_shape is None:
-            raise ConfigError(f"target profile {profile.name!r}: set input_shape (or pass "
-                              "--data) to benchmark on the remote device")
-        x = np.random.default_rng(0).standard_normal(profile.input_shape).astype(np.float32)
-    measured = remote_benchmark(profile, artifact, x, y, warmup=profile.warmup,
-                                runs=profile.runs, batch_size=min(profile.batch_size, len(x)),
-                                max_seconds=profile.max_seconds, min_runs=profile.min_runs)
-    report = build_bench_report(artifact, profile, bundle, measured, gate_overrides)
-    report["targets"][0]["remote"] = measured["remote"]
-    write_bench_outputs(report, measured["samples_ms"], out_dir)
-    return report

@@ -429,7 +429,7 @@ def test_text_onnx_export_carries_no_local_paths(tmp_path):
     from edgecompress.text.data import collate
     from edgecompress.text.export import export_onnx
     from edgecompress.text.models import load_hf
-    from edgecompress.text.testing import tiny_bert_dir
+    from tests.text_fixtures import tiny_bert_dir
 
     model, tok = load_hf(tiny_bert_dir(tmp_path / "bert", layers=1, hidden=32, ffn=64))
     ids, mask = collate(tok(["a great film", "dull"])["input_ids"], tok.pad_token_id)

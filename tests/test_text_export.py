@@ -24,7 +24,7 @@ from edgecompress.text.quant import (  # noqa: E402
     quantize_dynamic_int8,
     quantize_static_int8,
 )
-from edgecompress.text.testing import tiny_bert_dir  # noqa: E402
+from tests.text_fixtures import tiny_bert_dir  # noqa: E402
 
 LAYERS = 2
 LINEARS = 6 * LAYERS + 2  # q, k, v, attention output, FFN in/out per layer; pooler; classifier

@@ -19,7 +19,7 @@ from edgecompress.text.models import (  # noqa: E402
     model_summary,
 )
 from edgecompress.text.recipe import StudentConfig, TextDataConfig  # noqa: E402
-from edgecompress.text.testing import tiny_bert_dir, write_sentiment_csv  # noqa: E402
+from tests.text_fixtures import tiny_bert_dir, write_sentiment_csv  # noqa: E402
 
 
 @pytest.fixture(scope="module")

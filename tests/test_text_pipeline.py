@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime", reason="onnxruntime not installed (extra: onn
 pytest.importorskip("torch_pruning", reason="torch-pruning not installed (extra: prune)")
 
 from edgecompress.cli import main  # noqa: E402
-from edgecompress.text.testing import tiny_bert_dir, write_sentiment_csv  # noqa: E402
+from tests.text_fixtures import tiny_bert_dir, write_sentiment_csv  # noqa: E402
 
 
 def _recipe(tmp_path, **overrides) -> dict:

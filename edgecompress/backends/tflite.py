@@ -11,8 +11,9 @@ float32 NCHW batches as to ONNX Runtime.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -61,7 +62,8 @@ class TFLiteRunner(Runner):
         self._it = interpreter
         self._threads = threads
         self.path, self.runtime = path, runtime
-        self._in = interpreter.get_input_details()[0]
+        self._ins = _positional(interpreter.get_input_details())
+        self._in = self._ins[0]
         self._out = interpreter.get_output_details()[0]
         self._shape = tuple(int(d) for d in self._in["shape"])
         self.xnnpack = any(op.get("op_name") == "DELEGATE"
@@ -115,8 +117,43 @@ class TFLiteRunner(Runner):
         it.invoke()
         return self._from_model(it.get_tensor(self._out["index"]))
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Logits for a float32 NCHW batch of any size."""
+    def _feed(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """A model with several inputs (token ids and mask, say): the feed's arrays in the
+        signature's order, each cast to its input tensor's dtype (litert-torch makes int64
+        token ids int32)."""
+        arrays = list(feed.values())
+        if len(arrays) != len(self._ins):
+            raise ModelError(f"{self.path.name}: takes {len(self._ins)} inputs, got "
+                             f"{len(arrays)} ({', '.join(feed)})")
+        out = []
+        for array, detail in zip(arrays, self._ins, strict=True):
+            array = np.asarray(array)
+            if tuple(array.shape[1:]) != tuple(int(d) for d in detail["shape"][1:]):
+                raise ModelError(f"{self.path.name}: input {detail['name']} has shape "
+                                 f"{list(detail['shape'])}, got {list(array.shape)}")
+            out.append(np.ascontiguousarray(array, dtype=detail["dtype"]))
+        return out
+
+    def _run_feed(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        arrays, step = self._feed(feed), self._shape[0]
+        it, outs = self.interpreter, []
+        for start in range(0, len(arrays[0]), step):
+            chunks = [a[start:start + step] for a in arrays]
+            n = len(chunks[0])
+            if n < step:  # pad the last chunk with copies of its first row
+                chunks = [np.concatenate([c, np.repeat(c[:1], step - n, axis=0)])
+                          for c in chunks]
+            for chunk, detail in zip(chunks, self._ins, strict=True):
+                it.set_tensor(detail["index"], chunk)
+            it.invoke()
+            outs.append(self._from_model(it.get_tensor(self._out["index"]))[:n])
+        return np.concatenate(outs, axis=0)
+
+    def run(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """Logits for a float32 NCHW batch of any size, or for a feed of several inputs (name
+        -> array, in the model's argument order)."""
+        if isinstance(x, Mapping):
+            return self._run_feed(x)
         x = np.asarray(x, dtype=np.float32)
         step = self._shape[0]
         outs = []
@@ -134,6 +171,13 @@ class TFLiteRunner(Runner):
         A batch that is not the flatbuffer's batch runs through :meth:`run` (chunked), which
         is what such a batch really costs.
         """
+        if isinstance(x, Mapping):
+            arrays = self._feed(x)
+            if len(arrays[0]) != self._shape[0]:
+                return lambda: self._run_feed(x)
+            for array, detail in zip(arrays, self._ins, strict=True):
+                self.interpreter.set_tensor(detail["index"], array)
+            return self.interpreter.invoke
         if len(x) != self._shape[0]:
             return lambda: self.run(x)
         self.interpreter.set_tensor(self._in["index"], self._to_model(x))
@@ -141,6 +185,16 @@ class TFLiteRunner(Runner):
 
     def close(self) -> None:
         self._it = None
+
+
+def _positional(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Input details in the converted function's argument order: litert-torch names them
+    ``serving_default_args_<i>`` (the runtime lists them in no promised order)."""
+    def position(detail: dict[str, Any]) -> tuple[int, int]:
+        found = re.search(r"args_(\d+)", str(detail.get("name", "")))
+        return (int(found.group(1)) if found else 1 << 30, details.index(detail))
+
+    return sorted(details, key=position)
 
 
 def _ops_details(interpreter: Any) -> list[dict[str, Any]]:

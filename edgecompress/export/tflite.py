@@ -101,9 +101,10 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def convert_module(module: nn.Module, sample: torch.Tensor, out_path: str | Path, *,
-                   quant_config: Any = None) -> Path:
-    """Convert ``module`` (traced at ``sample``'s static shape) and write it atomically.
+def convert_module(module: nn.Module, sample: torch.Tensor | tuple[torch.Tensor, ...],
+                   out_path: str | Path, *, quant_config: Any = None) -> Path:
+    """Convert ``module`` (traced at ``sample``'s static shape; a tuple for a module of several
+    inputs, e.g. token ids and mask) and write it atomically.
 
     Raises:
         BackendUnavailable: litert-torch is not installed.
@@ -115,14 +116,16 @@ def convert_module(module: nn.Module, sample: torch.Tensor, out_path: str | Path
         raise ConfigError(f"TFLite output must end in .tflite, got {final}")
     try:
         with quiet_converter(), torch.no_grad():
-            edge = litert_torch.convert(module, (sample,), quant_config=quant_config)
+            samples = sample if isinstance(sample, tuple) else (sample,)
+            edge = litert_torch.convert(module, samples, quant_config=quant_config)
             with atomic_path(final) as tmp:
                 edge.export(str(tmp))
     except (ConfigError, BackendUnavailable):
         raise
     except Exception as exc:
+        shapes = [list(t.shape) for t in (sample if isinstance(sample, tuple) else (sample,))]
         raise ModelError(f"litert-torch cannot convert {type(module).__name__} "
-                         f"(input {list(sample.shape)}): {_first_line(exc)}") from exc
+                         f"(input {', '.join(map(str, shapes))}): {_first_line(exc)}") from exc
     logger.info("wrote %s (%.1f KiB)", final, final.stat().st_size / 1024)
     return final
 

@@ -25,6 +25,7 @@ from edgecompress.io import atomic_path, atomic_write_json
 from edgecompress.stages.base import Stage, StageResult
 from edgecompress.text.context import TextContext
 from edgecompress.text.recipe import text_recipe_to_dict
+from edgecompress.text.tflite import tflite_seq_lens, write_tflite_engines
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ class TextExportStage(Stage):
 
     def config(self, ctx: TextContext) -> dict[str, Any]:
         raw = text_recipe_to_dict(ctx.recipe)
-        return {"export": raw["export"], "quant": raw["quant"]}
+        return {"export": raw["export"], "quant": raw["quant"],
+                "tflite_seq_lens": tflite_seq_lens(ctx)}
 
     def inputs(self, ctx: TextContext) -> dict[str, Path]:
         return {"teacher": ctx.run_dir / "teacher" / "stage.json",
@@ -77,6 +79,7 @@ class TextExportStage(Stage):
             metrics[role] = {"parity": parity, "parity_optimized": parity_opt, "fused": fused,
                              "size_bytes": path.stat().st_size}
             outputs.update({role: path, f"{role}_opt": opt})
+            write_tflite_engines(ctx, model, role, out_dir, metrics, outputs)
             if role == "student":
                 student, reference = model, ref
         int8 = out_dir / "student.int8.onnx"
@@ -228,13 +231,16 @@ def bench_text_targets(ctx: TextContext, targets: list[Any]) -> list[dict[str, A
     feed = {"input_ids": ids, "attention_mask": mask}
     engines: dict[tuple, str] = {}  # (bytes, disabled optimizers, threads) -> engine name
     opened: dict[str, tuple[Path, list[str] | None, int]] = {}
-    plans = []
+    plans, skipped = [], {}
     for target in targets:
-        engine = ctx.run_dir / "engines" / target.name
-        src = export / ("student.int8.onnx" if target.precision == "int8"
-                        else "student.opt.onnx")
-        arts = {"student": _copy(src, engine / "model.onnx"),
-                "teacher": _copy(export / "teacher.opt.onnx", engine / "teacher" / "model.onnx")}
+        arts = _engines(ctx, target)
+        if isinstance(arts, str):
+            logger.warning("%s: skipped: %s", target.name, arts)
+            skipped[target.name] = {"name": target.name, "backend": target.backend,
+                                    "precision": target.precision, "threads": target.threads,
+                                    "seq_len": target.seq_len, "status": "skipped",
+                                    "reason": arts}
+            continue
         if target.precision == "int8":  # the FP32 twin: the same student, FP32, same runtime
             arts["fp32"] = export / "student.opt.onnx"
         if ctx.recipe.quant.teacher_reference:  # teacher + quantize_dynamic, same rounds
@@ -250,13 +256,25 @@ def bench_text_targets(ctx: TextContext, targets: list[Any]) -> list[dict[str, A
                 opened[engines[key]] = (path, off, target.threads)
             names[role] = engines[key]
         plans.append((target, arts, names, disabled))
+    if not plans:
+        return [skipped[t.name] for t in targets]
     measured: dict[str, dict[str, Any]] = {}
     calls = {}
+    data = ctx.encoded("test")
     for name, (path, off, threads) in opened.items():
-        session = ort_session(path, threads, disabled=off)
-        acc, logits = ort_accuracy(session, ctx)
+        if path.suffix == ".tflite":  # the shared backend's runner; texts padded to seq_len
+            from edgecompress.backends import get_backend
+            from edgecompress.text.tflite import tflite_accuracy
+
+            runner = get_backend("tflite").load(path, threads=threads)
+            acc, logits = tflite_accuracy(runner, data.ids, data.labels, ctx.pad_id,
+                                          first.seq_len)
+            calls[name] = runner.timed_call(feed)
+        else:
+            session = ort_session(path, threads, disabled=off)
+            acc, logits = ort_accuracy(session, ctx)
+            calls[name] = functools.partial(session.run, None, feed)
         measured[name] = {"accuracy": acc, "logits": logits}
-        calls[name] = functools.partial(session.run, None, feed)
     result = measure_interleaved(
         calls, warmup=first.warmup, runs=first.runs,
         threads={name: threads for name, (_, _, threads) in opened.items()},
@@ -306,7 +324,32 @@ def bench_text_targets(ctx: TextContext, targets: list[Any]) -> list[dict[str, A
                     entry["accuracy"], s_lat.p50, entry["speedup_vs_teacher"] or 0.0,
                     " (noisy)" if entry.get("speedup_noisy") else "")
         entries.append(entry)
-    return entries
+    by_name = {e["name"]: e for e in entries} | skipped
+    return [by_name[t.name] for t in targets]
+
+
+def _engines(ctx: TextContext, target: Any) -> dict[str, Path] | str:
+    """The student's and the teacher's engine files of ``target`` in ``engines/<name>/``
+    (built by the target's backend), or why there are none."""
+    export, engine = ctx.run_dir / "export", ctx.run_dir / "engines" / target.name
+    if target.backend == "tflite":
+        from edgecompress.backends import get_backend
+        from edgecompress.text.tflite import tflite_path
+
+        backend = get_backend("tflite")
+        ok, reason = backend.availability()
+        sources = {role: tflite_path(export, role, target.seq_len)
+                   for role in ("student", "teacher")}
+        if ok and not all(p.is_file() for p in sources.values()):
+            ok, reason = False, "no TFLite engine was exported (see the export stage's log)"
+        if not ok:
+            return reason
+        return {"student": backend.build(sources["student"], engine, precision="fp32"),
+                "teacher": backend.build(sources["teacher"], engine / "teacher",
+                                         precision="fp32")}
+    src = export / ("student.int8.onnx" if target.precision == "int8" else "student.opt.onnx")
+    return {"student": _copy(src, engine / "model.onnx"),
+            "teacher": _copy(export / "teacher.opt.onnx", engine / "teacher" / "model.onnx")}
 
 
 def _reference_entry(result: Any, names: dict[str, str], measured: dict[str, Any], path: Path,

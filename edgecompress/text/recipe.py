@@ -167,11 +167,23 @@ class ExportConfig(_Strict):
     parity_samples: int = Field(64, ge=1)
 
 
+#: Why a text target cannot be TFLite int8 (checked with litert-torch 0.10.0 and
+#: litert-converter 0.5.0; tests/test_text_tflite.py fails once the converter accepts it).
+TFLITE_INT8_REFUSAL = (
+    "tflite int8 is not available for text-classification: litert-torch cannot convert a PT2E "
+    "int8 transformer encoder (its converter rejects the int8 weight of every quantized Linear: "
+    "'stablehlo.uniform_dequantize' needs a quantized tensor type, gets tensor<..xi8>). Use "
+    "precision: fp32 for a TFLite target, or backend: onnxruntime for int8")
+
+
 class TextTargetConfig(_Strict):
-    """An ONNX Runtime target, timed at a fixed sequence length."""
+    """A target, timed at a fixed sequence length: ONNX Runtime (FP32 or INT8) or TFLite/LiteRT
+    (FP32; the model is converted at that sequence length)."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    backend: Literal["onnxruntime"] = "onnxruntime"
+    backend: Literal["onnxruntime", "tflite"] = Field(
+        "onnxruntime", description="onnxruntime, or tflite (LiteRT with XNNPACK; fp32 only for "
+        "text: see TFLITE_INT8_REFUSAL)")
     precision: Literal["fp32", "int8"] = "int8"
     threads: int = Field(1, ge=1)
     batch_size: int = Field(1, ge=1)
@@ -181,6 +193,12 @@ class TextTargetConfig(_Strict):
     max_seconds: float | None = Field(None, gt=0)
     min_runs: int = Field(20, ge=1)
     gate: GateConfig = Field(default_factory=GateConfig)
+
+    @model_validator(mode="after")
+    def _tflite_fp32_only(self) -> TextTargetConfig:
+        if self.backend == "tflite" and self.precision == "int8":
+            raise ValueError(TFLITE_INT8_REFUSAL)
+        return self
 
 
 class TextRecipe(_Strict):

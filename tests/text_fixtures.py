@@ -1,4 +1,4 @@
-"""Tiny text fixtures for tests and smoke runs: a learnable synthetic sentiment CSV and a tiny
+"""Tiny text fixtures for the tests: a learnable synthetic sentiment CSV and a tiny
 random BERT saved as a Hugging Face directory (the shape of a user's fine-tuned model)."""
 
 from __future__ import annotations

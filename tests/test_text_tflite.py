@@ -47,13 +47,30 @@ def test_tflite_int8_text_target_is_refused_at_validate_time(tmp_path):
     assert "stablehlo.uniform_dequantize" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_text_targets_take_local_profiles_and_refuse_remote_ones(tmp_path):
+    path = _recipe(tmp_path, [{"profile": "x86-avx2-int8", "seq_len": 32}])
+    done = run_cli("validate", path)
+    assert done.returncode == 0, done.stderr
+    target = yaml.safe_load(done.stdout)["targets"][0]
+    assert target["name"] == "x86-avx2-int8" and target["isa"] == "avx2"
+    assert target["precision"] == "int8" and target["gate"]["max_accuracy_drop"] == 1.5
+    path = _recipe(tmp_path, [{"profile": "jetson-orin-nano"}])
+    done = run_cli("validate", path)
+    assert done.returncode == 2 and "targets.0" in done.stderr
+    assert "run locally on onnxruntime or tflite" in done.stderr
+
+
 @pytest.mark.slow
 def test_text_run_with_a_tflite_target(tmp_path):
     pytest.importorskip("litert_torch", reason="litert-torch not installed (extra: tflite)")
     pytest.importorskip("ai_edge_litert", reason="ai-edge-litert not installed (extra: tflite)")
+    from edgecompress.targets import load_profile, machine_reasons
+
+    vnni = "x86-avx512-vnni-int8"  # runs on a VNNI machine, is reported skipped elsewhere
     path = _recipe(tmp_path, [{"name": "ort-int8", "precision": "int8", **_TIMING},
                               {"name": "arm-fp32", "backend": "tflite", "precision": "fp32",
-                               **_TIMING}])
+                               **_TIMING},
+                              {"profile": vnni, **_TIMING, "min_runs": 5}])
     out = tmp_path / "run"
     done = run_cli("run", path, "--out", str(out))
     assert done.returncode in (0, 1), done.stderr[-3000:]
@@ -74,6 +91,14 @@ def test_text_run_with_a_tflite_target(tmp_path):
     assert targets["ort-int8"]["status"] == "ok"
     assert "arm-fp32" in (out / "report.html").read_text()
     assert (out / "junit.xml").is_file()
+    # A profile target: the profile's precision, ISA and budgets; skipped on another machine.
+    prof = targets[vnni]
+    assert prof["precision"] == "int8"
+    mismatch = machine_reasons(load_profile(vnni))
+    assert prof["status"] == ("skipped" if mismatch else "ok"), prof
+    if mismatch:
+        assert "avx512_vnni" in prof["reason"]
+    assert report["recipe"]["targets"][2]["gate"]["max_accuracy_drop"] == 1.5
 
 
 @pytest.mark.slow

@@ -332,6 +332,12 @@ def _engines(ctx: TextContext, target: Any) -> dict[str, Path] | str:
     """The student's and the teacher's engine files of ``target`` in ``engines/<name>/``
     (built by the target's backend), or why there are none."""
     export, engine = ctx.run_dir / "export", ctx.run_dir / "engines" / target.name
+    if target.profile:  # a profile's numbers are only true on a machine that matches it
+        from edgecompress.targets import load_profile, machine_reasons
+
+        mismatch = machine_reasons(load_profile(target.profile))
+        if mismatch:
+            return "; ".join(mismatch)
     if target.backend == "tflite":
         from edgecompress.backends import get_backend
         from edgecompress.text.tflite import tflite_path

@@ -180,7 +180,14 @@ class TextTargetConfig(_Strict):
     """A target, timed at a fixed sequence length: ONNX Runtime (FP32 or INT8) or TFLite/LiteRT
     (FP32; the model is converted at that sequence length)."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Target name (default: the "
+                      "profile's name).")
+    profile: str | None = Field(None, description="A local target profile (name or YAML path, "
+                                "edgecompress targets lists them) whose settings and budgets "
+                                "fill the fields not given here; run only on a machine that "
+                                "matches it (else the target is reported skipped).")
+    isa: str | None = Field(None, description="The ISA class the profile requires (recorded; "
+                            "text INT8 is dynamic quantization, the same on every ISA).")
     backend: Literal["onnxruntime", "tflite"] = Field(
         "onnxruntime", description="onnxruntime, or tflite (LiteRT with XNNPACK; fp32 only for "
         "text: see TFLITE_INT8_REFUSAL)")
@@ -193,6 +200,26 @@ class TextTargetConfig(_Strict):
     max_seconds: float | None = Field(None, gt=0)
     min_runs: int = Field(20, ge=1)
     gate: GateConfig = Field(default_factory=GateConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, raw: Any) -> Any:
+        """A profile fills what the target leaves out (the image recipe's rule); only local
+        profiles: ssh/adb devices and TensorRT are not reachable by text targets yet."""
+        if not isinstance(raw, dict) or not raw.get("profile"):
+            return raw
+        from edgecompress.targets import load_profile
+
+        try:
+            profile = load_profile(str(raw["profile"]))
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        if profile.connection.kind != "local" or profile.backend not in ("onnxruntime",
+                                                                         "tflite"):
+            raise ValueError(f"profile {profile.name!r} ({profile.backend} over "
+                             f"{profile.connection.kind}): text-classification targets run "
+                             "locally on onnxruntime or tflite in this version")
+        return profile.fill_target(raw)
 
     @model_validator(mode="after")
     def _tflite_fp32_only(self) -> TextTargetConfig:

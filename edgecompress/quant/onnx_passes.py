@@ -31,6 +31,8 @@ INT8_KERNELS = frozenset({
 #: Compute-heavy float ops that should have become int8 kernels in a quantized model.
 FLOAT_COMPUTE = frozenset({"Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul", "FusedGemm",
                            "ConvTranspose", "Attention"})
+#: Embedding lookups: float when their table is a float initializer (text encoders).
+EMBEDDING_OPS = frozenset({"Gather", "EmbedLayerNormalization"})
 
 
 def _initializers(model: Any) -> dict[str, Any]:
@@ -210,16 +212,44 @@ def activation_dtypes(model: Any) -> Counter[str]:
 
 
 def kernel_census(optimized: Any) -> dict[str, Any]:
-    """What ORT's optimized graph runs: int8 kernel counts and float compute nodes left.
+    """What ORT's optimized graph runs, for every model family: int8 kernels, and the layers
+    and embedding tables left in float.
+
+    A float layer is a compute node (:data:`FLOAT_COMPUTE`) whose input 1 is a weight: an
+    initializer, directly or through a DequantizeLinear (QDQ graphs). Convs, Linears and ORT's
+    fused Attention (packed Q/K/V weight) count; the activation x activation MatMuls inside
+    attention are not layers and do not. Embedding lookups (:data:`EMBEDDING_OPS`) are float
+    when their table is a float initializer.
 
     Returns:
-        ``{"int8_kernels": {op: n}, "fp32_nodes": ["name (op)", ...], "ops": {op: n}}``.
+        ``{"int8_kernels": {op: n}, "int8_total": n, "fp32_nodes": ["name (op)", ...],
+        "fp32_embeddings": ["name (op)", ...], "int8_embeddings": n, "ops": {op: n}}``.
     """
-    ops = Counter(node.op_type for node in optimized.graph.node)
-    fp32 = [f"{node.name or node.output[0]} ({node.op_type})" for node in optimized.graph.node
-            if node.op_type in FLOAT_COMPUTE]
-    return {"int8_kernels": {op: n for op, n in sorted(ops.items()) if op in INT8_KERNELS},
-            "fp32_nodes": fp32, "ops": dict(sorted(ops.items()))}
+    from onnx import TensorProto
+
+    graph = optimized.graph
+    inits = _initializers(optimized)
+    weights = set(inits) | {n.output[0] for n in graph.node
+                            if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    ops = Counter(node.op_type for node in graph.node)
+    int8 = {op: n for op, n in sorted(ops.items()) if op in INT8_KERNELS}
+
+    def label(node: Any) -> str:
+        return f"{node.name or node.output[0]} ({node.op_type})"
+
+    fp32 = [label(node) for node in graph.node
+            if node.op_type in FLOAT_COMPUTE and any(i in weights for i in node.input[1:2])]
+    float_tables = {name for name, init in inits.items() if init.data_type == TensorProto.FLOAT}
+    int8_tables = {name for name, init in inits.items()
+                   if init.data_type in (TensorProto.INT8, TensorProto.UINT8)}
+    float_emb = [label(node) for node in graph.node
+                 if node.op_type in EMBEDDING_OPS and any(i in float_tables
+                                                          for i in node.input[:3])]
+    int8_emb = ops.get("QEmbedLayerNormalization", 0) + sum(
+        1 for node in graph.node if node.op_type == "Gather" and node.input[0] in int8_tables)
+    return {"int8_kernels": int8, "int8_total": int(sum(int8.values())), "fp32_nodes": fp32,
+            "fp32_embeddings": float_emb, "int8_embeddings": int(int8_emb),
+            "ops": dict(sorted(ops.items()))}
 
 
 def compute_node_count(model: Any) -> int:

@@ -21,7 +21,6 @@ read back and its int8 kernels counted; weight MatMuls left in float are listed 
 
 from __future__ import annotations
 
-import collections
 import logging
 import tempfile
 from collections.abc import Iterable
@@ -34,14 +33,6 @@ from edgecompress.io import atomic_path
 
 logger = logging.getLogger(__name__)
 
-#: Operators that compute a matmul in integer arithmetic on ORT CPU.
-INT8_KERNELS = ("QGemm", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat",
-                "DynamicQuantizeMatMul", "QAttention", "QLinearConv")
-#: Float operators that hold a weight matmul when they take an initializer as input 1 (ORT's
-#: fused Attention takes its packed Q/K/V weight there).
-FLOAT_MATMULS = ("MatMul", "Gemm", "FusedMatMul", "Attention")
-#: Embedding lookups: float when their table is a float initializer.
-EMBEDDING_OPS = ("Gather", "EmbedLayerNormalization")
 #: What ``quantize_dynamic_int8`` quantizes.
 DYNAMIC_OPS = ["MatMul", "Gemm", "Attention"]
 DYNAMIC_EMBEDDING_OPS = ["Gather", "EmbedLayerNormalization"]
@@ -109,35 +100,15 @@ def quantize_static_int8(src: Path, out: Path, feeds: list[tuple[np.ndarray, np.
 
 
 def kernel_report(path: Path, *, disabled: list[str] | None = None) -> dict[str, Any]:
-    """What ORT runs for ``path``: int8 kernel counts and float weight matmuls.
-
-    Returns:
-        ``{"int8_kernels": {op: n}, "int8_total": n, "fp32_nodes": [names],
-        "fp32_embeddings": [names], "int8_embeddings": n, "ops": {op: n}}``
-    """
+    """What ORT runs for ``path``: the one INT8 kernel census
+    (:func:`edgecompress.quant.onnx_passes.kernel_census`) of the graph ONNX Runtime optimizes
+    it to (with ``disabled`` optimizers off, as the engine is served)."""
     import onnx
 
+    from edgecompress.quant.onnx_passes import kernel_census
     from edgecompress.text.export import ort_session
 
     with tempfile.TemporaryDirectory() as tmp:
         optimized = Path(tmp) / "optimized.onnx"
         ort_session(path, 1, optimized_path=optimized, disabled=disabled)
-        graph = onnx.load(str(optimized)).graph
-    weights = {init.name for init in graph.initializer}
-    # A weight reaches a float matmul directly, or through a DequantizeLinear (QDQ graphs).
-    weights |= {n.output[0] for n in graph.node
-                if n.op_type == "DequantizeLinear" and n.input[0] in weights}
-    ops = collections.Counter(node.op_type for node in graph.node)
-    int8 = {op: ops[op] for op in INT8_KERNELS if ops.get(op)}
-    fp32 = [node.name or node.output[0] for node in graph.node
-            if node.op_type in FLOAT_MATMULS and any(i in weights for i in node.input[1:2])]
-    tables = {init.name for init in graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
-    float_emb = [node.name or node.output[0] for node in graph.node
-                 if node.op_type in EMBEDDING_OPS and any(i in tables for i in node.input[:3])]
-    int8_tables = {init.name for init in graph.initializer
-                   if init.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)}
-    int8_emb = ops.get("QEmbedLayerNormalization", 0) + sum(
-        1 for node in graph.node if node.op_type == "Gather" and node.input[0] in int8_tables)
-    return {"int8_kernels": int8, "int8_total": int(sum(int8.values())), "fp32_nodes": fp32,
-            "fp32_embeddings": float_emb, "int8_embeddings": int(int8_emb),
-            "ops": dict(sorted(ops.items()))}
+        return kernel_census(onnx.load(str(optimized)))

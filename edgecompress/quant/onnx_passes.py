@@ -26,8 +26,8 @@ INT8_KERNELS = frozenset({
     "QLinearConv", "QGemm", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QLinearAdd",
     "QLinearMul", "QLinearGlobalAveragePool", "QLinearAveragePool", "QLinearConcat",
     "QLinearSigmoid", "QLinearLeakyRelu", "QLinearSoftmax", "QAttention", "DynamicQuantizeMatMul",
-    "MatMulIntegerToFloat", "QLinearReduceMean", "QEmbedLayerNormalization", "NhwcQLinearConv",
-})
+    "MatMulIntegerToFloat", "QLinearReduceMean", "NhwcQLinearConv",
+})  # QEmbedLayerNormalization (int8 embedding tables) is counted apart, in int8_embeddings
 #: Compute-heavy float ops that should have become int8 kernels in a quantized model.
 FLOAT_COMPUTE = frozenset({"Conv", "FusedConv", "Gemm", "MatMul", "FusedMatMul", "FusedGemm",
                            "ConvTranspose", "Attention"})

@@ -235,8 +235,9 @@ class TextRecipe(_Strict):
     task: Literal["text-classification"]
     name: str = "recipe"
     seed: int = 0
-    device: Literal["cpu"] = Field("cpu", description="Training runs on the CPU in this "
-                                   "version (CUDA for the text path is not wired yet).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Training device (teacher fine-tuning, distillation, pruning "
+        "recovery); auto uses CUDA when present. Export, QAT and the engines run on the CPU.")
     threads: int | None = Field(None, ge=1, description="torch threads for training.")
     data: TextDataConfig
     teacher: TeacherConfig

@@ -87,6 +87,7 @@ class TeacherStage(Stage):
                                        id2label=id2label)
         ctx.set_tokenizer(tokenizer)
         metrics: dict[str, Any] = {"source": str(cfg.path) if cfg.path else "scratch"}
+        model.to(ctx.dist.device)
         if cfg.finetune.enabled and cfg.finetune.epochs > 0:
             torch.manual_seed(ctx.recipe.seed)
             metrics["finetune"] = train(model, ctx.encoded("train"), ctx.encoded("val"),
@@ -95,7 +96,7 @@ class TeacherStage(Stage):
         metrics["test_accuracy"] = accuracy(model, ctx.encoded("test"), ctx.pad_id)
         metrics["summary"] = model_summary(model)
         logger.info("teacher test accuracy %.4f", metrics["test_accuracy"])
-        out = save_hf(model, tokenizer, ctx.teacher_dir)
+        out = save_hf(model.cpu(), tokenizer, ctx.teacher_dir)
         return StageResult(outputs=hf_outputs(out), metrics=metrics)
 
 
@@ -146,6 +147,8 @@ class DistillStage(Stage):
 
         teacher = load_run_model(ctx.teacher_dir)
         student, kept = build_student(teacher, ctx.recipe.student, ctx.recipe.seed)
+        teacher.to(ctx.dist.device)
+        student.to(ctx.dist.device)
         cfg = ctx.recipe.distill
         loss = make_loss(ctx, cfg, student, teacher, kept)
         metrics: dict[str, Any] = {"kept_layers": kept, "layer_map": loss.layer_map,
@@ -158,7 +161,7 @@ class DistillStage(Stage):
         metrics["test_accuracy"] = accuracy(student, ctx.encoded("test"), ctx.pad_id)
         metrics["summary"] = model_summary(student)
         logger.info("student test accuracy %.4f", metrics["test_accuracy"])
-        out = save_hf(student, ctx.tokenizer, ctx.run_dir / "distill" / "model")
+        out = save_hf(student.cpu(), ctx.tokenizer, ctx.run_dir / "distill" / "model")
         return StageResult(outputs=hf_outputs(out), metrics=metrics)
 
 
@@ -192,6 +195,8 @@ class TextPruneStage(Stage):
                                    "accuracy_pruned": accuracy(student, ctx.encoded("test"),
                                                                ctx.pad_id)}
         if cfg.recovery.epochs > 0:
+            teacher.to(ctx.dist.device)
+            student.to(ctx.dist.device)
             loss = make_loss(ctx, cfg.recovery, student, teacher, None)
             torch.manual_seed(ctx.recipe.seed)
             metrics["recovery"] = train(student, ctx.encoded("train"), ctx.encoded("val"),
@@ -199,7 +204,7 @@ class TextPruneStage(Stage):
                                         teacher=teacher, loss_fn=loss, label="recovery")
         metrics["test_accuracy"] = accuracy(student, ctx.encoded("test"), ctx.pad_id)
         metrics["summary"] = model_summary(student)
-        out = save_hf(student, ctx.tokenizer, ctx.run_dir / "prune" / "model")
+        out = save_hf(student.cpu(), ctx.tokenizer, ctx.run_dir / "prune" / "model")
         reloaded = load_run_model(out)
         sample = ctx.encoded("test")
         diff = float(abs(predict(reloaded, sample, ctx.pad_id)

@@ -28,14 +28,22 @@ logger = logging.getLogger(__name__)
 EVAL_BATCH = 64
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model`` lives (its first parameter's device; the CPU for a parameterless one).
+    The stages move models to the run's device (``recipe.device``); the loops follow them."""
+    param = next(iter(model.parameters()), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, data: Encoded, pad_id: int, batch_size: int = EVAL_BATCH
             ) -> np.ndarray:
-    """Logits for every text, in order (eval mode, no dropout)."""
+    """Logits for every text, in order (eval mode, no dropout), as a CPU array."""
     model.eval()
-    out = []
+    device, out = model_device(model), []
     for ids, mask, _ in batches(data, batch_size, pad_id):
-        out.append(model(input_ids=ids, attention_mask=mask).logits.float().numpy())
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        out.append(logits.float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -68,6 +76,11 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, cfg: Any, pa
     Returns:
         ``{"best_epoch", "val_accuracy", "history", "seconds"}``.
     """
+    device = model_device(model)
+    if loss_fn is not None:
+        loss_fn.to(device)  # learned projections live with the student
+    if teacher is not None:
+        teacher.to(device)
     params = list(model.parameters()) + (list(loss_fn.parameters()) if loss_fn else [])
     optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
@@ -89,6 +102,7 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, cfg: Any, pa
         total, n = 0.0, 0
         for ids, mask, labels in batches(train_data, cfg.batch_size, pad_id, shuffle=True,
                                          seed=seed * 1000 + epoch):
+            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
             s_out = forward(model, ids, mask, **want)
             if teacher is None:
                 loss = F.cross_entropy(s_out.logits, labels)
@@ -121,7 +135,8 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, cfg: Any, pa
 
 @torch.no_grad()
 def _val_accuracy(model: nn.Module, data: Encoded, pad_id: int, forward) -> float:
-    hits = 0
+    hits, device = 0, model_device(model)
     for ids, mask, labels in batches(data, EVAL_BATCH, pad_id):
-        hits += int((forward(model, ids, mask).logits.argmax(1) == labels).sum())
+        logits = forward(model, ids.to(device), mask.to(device)).logits
+        hits += int((logits.argmax(1).cpu() == labels).sum())
     return hits / max(len(data), 1)

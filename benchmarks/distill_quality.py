@@ -321,9 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--feature-pairs", type=int, default=3,
                         help="With --auto-features: most layer pairs "
                         "(stages.distill.feature_pairs).")
-    parser.add_argument("--feature-weight", type=float, default=1.0,
-                        help="With --auto-features: MSE weight per pair "
-                        "(stages.distill.feature_weight).")
+    parser.add_argument("--feature-weight", type=float, default=None,
+                        help="With --auto-features: MSE weight per pair; default: "
+                        "stages.distill.feature_weight's default.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path,
                         default=Path(__file__).parent / "results" / "distill_quality.json")
@@ -338,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                                    ("epochs", args.epochs), ("patience", args.patience),
                                    ("augment", args.augment)) if v is not None}
     cfg = DistillConfig(**overrides)
+    if args.feature_weight is None:
+        args.feature_weight = DistillConfig.model_fields["feature_weight"].default
     dist_info = init_distributed("cpu")
     started = time.perf_counter()
     rows = []

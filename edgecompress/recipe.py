@@ -295,12 +295,13 @@ class DistillConfig(_Strict):
         default_factory=list, description="Optional intermediate-feature matching through learned "
         "1x1 projections (MSE): a list of layer pairs, or 'auto' to pair layers from their "
         "output shapes (CNN stage ends by spatial size, other blocks by depth; "
-        "edgecompress/stages/feature_match.py). Off by default; what auto measured in "
-        "benchmarks/distill_quality.py is in the README (Distillation).")
+        "edgecompress/stages/feature_match.py). Off by default: in "
+        "benchmarks/distill_quality.py auto did not make the shipped student better than kd "
+        "alone (README, Distillation).")
     feature_pairs: int = Field(3, ge=1, description="With features 'auto': most layer pairs "
                                "matched (the deepest ones).")
-    feature_weight: float = Field(1.0, ge=0, description="With features 'auto': the MSE weight "
-                                  "of each pair.")
+    feature_weight: float = Field(0.1, ge=0, description="With features 'auto': the MSE weight "
+                                  "of each pair (0.1 measured better than 1.0).")
     patience: int = Field(20, ge=1, description="Early stopping patience in epochs (best "
                           "validation checkpoint kept). Long on purpose: with mixup and a "
                           "one-cycle schedule the best epoch comes late.")

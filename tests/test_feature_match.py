@@ -189,8 +189,8 @@ def test_distill_stage_with_auto_features_records_the_pairs_and_trains(write_rec
     Pipeline(recipe, out, stages=[DataStage(), FinetuneStage(), DistillStage()]).run()
     metrics = read_stage_manifest(out, "distill")["metrics"]
     assert metrics["feature_pairs"] == [
-        {"teacher": "stage2", "student": "stage2", "weight": 1.0},
-        {"teacher": "stage3", "student": "stage3", "weight": 1.0}]
+        {"teacher": "stage2", "student": "stage2", "weight": 0.1},
+        {"teacher": "stage3", "student": "stage3", "weight": 0.1}]
     history = metrics["student"]["history"]
     assert len(history) == 3 and all(math.isfinite(h["train_loss"]) for h in history)
     assert history[-1]["train_loss"] < history[0]["train_loss"]

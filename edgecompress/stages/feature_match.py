@@ -5,9 +5,11 @@ user to read both models' code and know which outputs line up. For the common ca
 follows from the shapes alone, so this module finds it by running one example batch through
 both models with forward hooks:
 
-- CNNs (NCHW outputs): the candidates are the *stage ends*, the last module to finish at each
-  spatial resolution before the resolution changes (or the network ends). 1x1 maps are left
-  out (globally pooled vectors: the logit term already covers them). Teacher and student stage
+- CNNs (NCHW outputs): the candidates are the *stage ends*: the tensor entering each module
+  that changes the spatial size (named by the outermost module that produced it, so a stage,
+  not the expansion conv inside the next strided block), plus the last map when no module
+  reduces it. 1x1 maps are left out (globally pooled vectors: the logit term already covers
+  them). Teacher and student stage
   ends are paired by equal spatial size, then by nearest depth fraction when a size occurs
   several times.
 - Anything else with (N, D) or (N, L, D) outputs (MLPs, transformers): blocks chosen by depth
@@ -55,7 +57,6 @@ class Candidate:
 @dataclass
 class _Event:
     name: str
-    module: nn.Module
     output: Any
     version: int
     params_done: int
@@ -112,7 +113,7 @@ def trace_candidates(model: nn.Module, example: torch.Tensor
                 events[name].calls += 1
                 return
             version = output._version if isinstance(output, torch.Tensor) else 0
-            events[name] = _Event(name, module, output, version, params_done[0])
+            events[name] = _Event(name, output, version, params_done[0])
             ends[name] = clock[0]
             order.append(name)
         return fn

@@ -13,6 +13,10 @@ closed
 ((distilled - baseline) / (teacher - baseline)), and the *carried-forward* student: the one the
 stage keeps (distilled unless the baseline is better on the validation split).
 
+``--auto-features`` adds one more distilled student, ``kd+feat``: kd plus ``features: auto``
+(layer pairs found from the output shapes by ``edgecompress.stages.feature_match``, the same
+pairs the stage would use; recorded per row), with ``--feature-pairs`` / ``--feature-weight``.
+
 Datasets (all offline):
   digits   scikit-learn's 1,797 8x8 digits; built-in CNNs (ResNet-style teacher, MobileNet-style
            student, the demo's families), stratified 60/20/20 split.
@@ -169,16 +173,23 @@ def run_cell(name: str, seed: int, args, cfg, dist_info) -> dict:
            "teacher": {"test": accuracy(teacher, data.test.x, data.test.y, dev),
                        "val": accuracy(teacher, data.val.x, data.val.y, dev)}}
     students = {}
-    runs = [("baseline", Setting("kd", cfg.temperature, 0.0), cfg)]
+    runs = [("baseline", Setting("kd", cfg.temperature, 0.0), cfg, [])]
     if cfg.augment != "none":
         runs.append(("plain", Setting("kd", cfg.temperature, 0.0),
-                     cfg.model_copy(update={"augment": "none"})))
-    runs += [(loss, Setting(loss, cfg.temperature, cfg.alpha), cfg) for loss in args.losses]
-    for role, setting, run_cfg in runs:
+                     cfg.model_copy(update={"augment": "none"}), []))
+    runs += [(loss, Setting(loss, cfg.temperature, cfg.alpha), cfg, []) for loss in args.losses]
+    if args.auto_features:
+        from edgecompress.stages.feature_match import match_layers
+
+        pairs = match_layers(teacher, make_student(), torch.from_numpy(data.train.x[:2]),
+                             count=args.feature_pairs, weight=args.feature_weight)
+        row["feature_pairs"] = [p.model_dump() for p in pairs]
+        runs.append(("kd+feat", Setting("kd", cfg.temperature, cfg.alpha), cfg, pairs))
+    for role, setting, run_cfg, features in runs:
         seed_everything(seed)
         student = make_student()
         result = train_student(teacher, student, data, run_cfg, setting, seed=seed,
-                               dist_info=dist_info, role=role)
+                               dist_info=dist_info, role=role, features=features)
         students[role] = {"test": accuracy(student, data.test.x, data.test.y, dev),
                           "val": result.best_val_accuracy}
     base, t_acc = students.pop("baseline"), row["teacher"]["test"]
@@ -305,6 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--augment", default=None, choices=list(AUGMENTATIONS),
                         help="stages.distill.augment for every student (the baseline too); "
                         "default: the distill stage's default.")
+    parser.add_argument("--auto-features", action="store_true",
+                        help="Add a kd + features: auto student (kd+feat).")
+    parser.add_argument("--feature-pairs", type=int, default=3,
+                        help="With --auto-features: most layer pairs "
+                        "(stages.distill.feature_pairs).")
+    parser.add_argument("--feature-weight", type=float, default=None,
+                        help="With --auto-features: MSE weight per pair; default: "
+                        "stages.distill.feature_weight's default.")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path,
                         default=Path(__file__).parent / "results" / "distill_quality.json")
@@ -319,6 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                                    ("epochs", args.epochs), ("patience", args.patience),
                                    ("augment", args.augment)) if v is not None}
     cfg = DistillConfig(**overrides)
+    if args.feature_weight is None:
+        args.feature_weight = DistillConfig.model_fields["feature_weight"].default
     dist_info = init_distributed("cpu")
     started = time.perf_counter()
     rows = []
@@ -330,8 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                               for k, v in row["distilled"].items())
             print(f"{name} seed {seed}: teacher {row['teacher']['test']:.4f}  baseline "
                   f"{row['baseline']['test']:.4f}  {cells}  [{row['seconds']} s]", flush=True)
-    summary = summarise(rows, args.losses)
-    text = table(summary, args.losses, augmented=cfg.augment != "none")
+    variants = args.losses + (["kd+feat"] if args.auto_features else [])
+    summary = summarise(rows, variants)
+    text = table(summary, variants, augmented=cfg.augment != "none")
     cpu = cpu_description()
     print("\n" + text)
     print(f"\nsettings: T={cfg.temperature:g}, alpha={cfg.alpha:g}, augment {cfg.augment}, "
@@ -345,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                      "lr": cfg.lr, "batch_size": cfg.batch_size, "dkd_beta": cfg.dkd_beta,
                      "augment": cfg.augment,
                      "losses": args.losses, "seeds": args.seeds, "first_seed": args.first_seed,
+                     "auto_features": args.auto_features, "feature_pairs": args.feature_pairs,
+                     "feature_weight": args.feature_weight,
                      "threads": args.threads},
         "environment": {"cpu": cpu, "python": platform.python_version(),
                         "torch": torch.__version__},

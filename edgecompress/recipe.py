@@ -185,9 +185,17 @@ class DistillConfig(_Strict):
     search: DistillSearch | None = Field(None, description="Optional budgeted search over "
                                          "temperature / alpha / loss on the validation split; "
                                          "null: the settings above are used as given.")
-    features: list[FeatureMatch] = Field(default_factory=list, description="Optional "
-                                         "intermediate-feature matching through learned 1x1 "
-                                         "projections (MSE).")
+    features: list[FeatureMatch] | Literal["auto"] = Field(
+        default_factory=list, description="Optional intermediate-feature matching through learned "
+        "1x1 projections (MSE): a list of layer pairs, or 'auto' to pair layers from their "
+        "output shapes (CNN stage ends by spatial size, other blocks by depth; "
+        "edgecompress/stages/feature_match.py). Off by default: in "
+        "benchmarks/distill_quality.py auto did not make the shipped student better than kd "
+        "alone (README, Distillation).")
+    feature_pairs: int = Field(3, ge=1, description="With features 'auto': most layer pairs "
+                               "matched (the deepest ones).")
+    feature_weight: float = Field(0.1, ge=0, description="With features 'auto': the MSE weight "
+                                  "of each pair (0.1 measured better than 1.0).")
     patience: int = Field(20, ge=1, description="Early stopping patience in epochs (best "
                           "validation checkpoint kept). Long on purpose: with mixup and a "
                           "one-cycle schedule the best epoch comes late.")
@@ -198,6 +206,22 @@ class DistillConfig(_Strict):
     baseline: bool = Field(True, description="Also train the same student on hard labels only with "
                            "the same budget, and carry forward whichever of the two is better on "
                            "the validation split (the distilled one on a tie).")
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features_form(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "auto":
+            raise ValueError(f"must be 'auto' or a list of {{teacher, student, weight}} layer "
+                             f"pairs, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _auto_options_need_auto(self) -> DistillConfig:
+        extra = sorted({"feature_pairs", "feature_weight"} & self.model_fields_set)
+        if extra and self.features != "auto":
+            raise ValueError(f"{', '.join(extra)} only apply to features: auto (an explicit "
+                             "list sets each pair's weight itself)")
+        return self
 
 
 class StagesConfig(_Strict):

@@ -79,7 +79,13 @@ class ImageFamily(ModelFamily):
                     len(bundle.val.y), len(bundle.test.y))
         teacher, _ = build_teacher_arch(ctx)
         student = build_student(ctx)
-        for feature in ctx.recipe.stages.distill.features:  # layer names exist (hooks removed)
+        features = ctx.recipe.stages.distill.features
+        if features == "auto":  # pairs found from shapes now, so "no pair" fails before any run
+            from edgecompress.stages.feature_match import preflight_auto_features
+
+            features = preflight_auto_features(ctx.recipe.stages.distill, teacher, student,
+                                               bundle.train.x[:2])
+        for feature in features:  # layer names exist (hooks removed)
             FeatureTaps(teacher, [feature.teacher], "teacher").remove()
             FeatureTaps(student, [feature.student], "student").remove()
         from edgecompress.stages.prune import check_prune

@@ -29,6 +29,7 @@ from edgecompress.recipe import DistillConfig, recipe_to_dict
 from edgecompress.stages.augment import cutmix, mixup, random_shift
 from edgecompress.stages.base import Context, Stage, StageResult
 from edgecompress.stages.common import build_student, load_teacher, save_state, spec_files
+from edgecompress.stages.feature_match import resolve_features
 from edgecompress.stages.losses import (
     FeatureTaps,
     distillation_loss,
@@ -224,6 +225,10 @@ class DistillStage(Stage):
             p.requires_grad_(False)
         out_dir = ctx.stage_dir(self.name)
         metrics: dict[str, Any] = {"world_size": ctx.dist.world_size, "device": str(device)}
+        if cfg.enabled and cfg.features == "auto":  # resolved once: every run uses these pairs
+            probe = torch.from_numpy(bundle.train.x[:2]).to(device)
+            cfg, metrics["feature_pairs"] = resolve_features(cfg, teacher, build_student(ctx)
+                                                             .to(device), probe)
 
         def make_student() -> nn.Module:
             return build_student(ctx).to(device)

@@ -141,11 +141,11 @@ def make_projection(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> n
     """Learned map from a student feature to the teacher's width: 1x1 conv (maps) or linear."""
     if student_feat.dim() == 4 and teacher_feat.dim() == 4:
         return nn.Conv2d(student_feat.shape[1], teacher_feat.shape[1], kernel_size=1, bias=False)
-    if student_feat.dim() == 2 and teacher_feat.dim() == 2:
-        return nn.Linear(student_feat.shape[1], teacher_feat.shape[1], bias=False)
+    if student_feat.dim() == teacher_feat.dim() in (2, 3):  # vectors, (N, L, D) sequences
+        return nn.Linear(student_feat.shape[-1], teacher_feat.shape[-1], bias=False)
     raise ConfigError(f"stages.distill.features: cannot match a student feature of shape "
                       f"{tuple(student_feat.shape)} to a teacher feature of shape "
-                      f"{tuple(teacher_feat.shape)} (both must be NCHW maps or both vectors)")
+                      f"{tuple(teacher_feat.shape)} (both must be NCHW maps, vectors or sequences)")
 
 
 def feature_mse(projected: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -37,8 +37,9 @@ def test_builtin_families_by_task():
     assert [s.name for s in image.stages()] == ["data", "finetune", "distill", "prune", "qat",
                                                 "export", "bench", "report"]
     text = get_family("text-classification")
-    # One report stage class for both families.
+    # One data stage and one report stage class for both families.
     assert type(text.stages()[-1]) is type(image.stages()[-1])
+    assert type(text.stages()[0]) is type(image.stages()[0])
 
 
 def test_unknown_or_bad_task_is_a_config_error(tmp_path):
@@ -120,6 +121,12 @@ def test_a_family_of_ones_own_runs_in_the_one_pipeline(tmp_path):
 
         def preflight(self, ctx):
             self.checked.append(ctx.recipe.raw["n"])
+
+        def data_fingerprint(self, ctx):
+            return str(ctx.recipe.raw["n"])
+
+        def record_data(self, ctx, out_dir):
+            return {}, {}
 
         def report_body(self, ctx, manifests, targets):
             return {}

@@ -88,6 +88,18 @@ class ModelFamily(ABC):
         """Check every input before anything is written (data loads, models build and fit the
         data, targets are supported). Bad input fails here, leaving no run directory."""
 
+    # --- data --------------------------------------------------------------------------------
+
+    @abstractmethod
+    def data_fingerprint(self, ctx: Context) -> str:
+        """A hash of the run's data: when it changes, every stage from ``data`` on reruns."""
+
+    @abstractmethod
+    def record_data(self, ctx: Context, out_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+        """The shared data stage's work: load and split the data (``ctx``), write what the run
+        records of it into ``out_dir`` (``dataset.json``; a calibration subset for families that
+        calibrate) and return ``(outputs, metrics)``."""
+
     # --- report ------------------------------------------------------------------------------
 
     @abstractmethod

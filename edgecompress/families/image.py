@@ -101,6 +101,29 @@ class ImageFamily(ModelFamily):
         # The converter sees the pruned shapes (ConvNeXt converts whole but not pruned).
         check_tflite_convertible(ctx, {"teacher": teacher, "student": pruned or student})
 
+    def data_fingerprint(self, ctx: Any) -> str:
+        return ctx.bundle.fingerprint()  # content hash of the split arrays / files
+
+    def record_data(self, ctx: Any, out_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+        """``dataset.json`` (name, fingerprint, classes, shape, normalisation, split sizes) and
+        the seeded calibration subset the qat stage's PTQ reads."""
+        from edgecompress.data import sample_calibration, save_calibration
+        from edgecompress.io import atomic_write_json
+
+        bundle, seed = ctx.bundle, ctx.recipe.seed
+        x_cal, y_cal = sample_calibration(bundle, ctx.recipe.data.calibration_samples, seed=seed)
+        calib = save_calibration(out_dir, x_cal, y_cal, bundle, seed=seed)
+        summary = {
+            "name": bundle.name, "fingerprint": bundle.fingerprint(),
+            "num_classes": bundle.num_classes, "input_shape": list(bundle.input_shape),
+            "class_names": bundle.class_names, "mean": bundle.mean, "std": bundle.std,
+            "samples": {"train": len(bundle.train.y), "val": len(bundle.val.y),
+                        "test": len(bundle.test.y), "calibration": int(len(y_cal))},
+        }
+        atomic_write_json(out_dir / "dataset.json", summary)
+        return ({"dataset": out_dir / "dataset.json", "calibration": calib,
+                 "calibration_meta": out_dir / "calibration.json"}, summary["samples"])
+
     def report_body(self, ctx: Any, manifests: dict[str, dict[str, Any]],
                     targets: list[dict[str, Any]]) -> dict[str, Any]:
         from edgecompress.models import count_macs, count_params

@@ -64,16 +64,12 @@ class TextFamily(ModelFamily):
         return TextContext(recipe, run_dir, dist_info)
 
     def stages(self) -> list[Any]:
+        from edgecompress.stages.data import DataStage
         from edgecompress.stages.report import ReportStage
         from edgecompress.text.engines import TextBenchStage, TextExportStage
-        from edgecompress.text.stages import (
-            DistillStage,
-            TeacherStage,
-            TextDataStage,
-            TextPruneStage,
-        )
+        from edgecompress.text.stages import DistillStage, TeacherStage, TextPruneStage
 
-        return [TextDataStage(), TeacherStage(), DistillStage(), TextPruneStage(),
+        return [DataStage(), TeacherStage(), DistillStage(), TextPruneStage(),
                 TextExportStage(), TextBenchStage(), ReportStage()]
 
     def preflight(self, ctx: Any) -> None:
@@ -106,6 +102,21 @@ class TextFamily(ModelFamily):
                     check_layer_map([tuple(p) for p in section.layer_map], len(kept), depth)
         if recipe.prune.enabled and recipe.prune.heads_ratio == 0 and recipe.prune.ffn_ratio == 0:
             raise ConfigError("prune.enabled: set prune.heads_ratio and/or prune.ffn_ratio > 0")
+
+    def data_fingerprint(self, ctx: Any) -> str:
+        return ctx.bundle.fingerprint
+
+    def record_data(self, ctx: Any, out_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
+        """``dataset.json``: name, classes, fingerprint, split sizes, test class counts."""
+        from edgecompress.io import atomic_write_json
+
+        b = ctx.bundle
+        info = {"name": b.name, "classes": b.classes, "fingerprint": b.fingerprint,
+                "train": len(b.train.texts), "val": len(b.val.texts), "test": len(b.test.texts),
+                "test_class_counts": [int((b.test.labels == c).sum())
+                                      for c in range(b.num_classes)]}
+        atomic_write_json(out_dir / "dataset.json", info)
+        return {"dataset": out_dir / "dataset.json"}, info
 
     def report_body(self, ctx: Any, manifests: dict[str, dict[str, Any]],
                     targets: list[dict[str, Any]]) -> dict[str, Any]:

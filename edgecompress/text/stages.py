@@ -1,4 +1,4 @@
-"""Training stages of the text path: data, teacher, distill, prune.
+"""Training stages of the text family: teacher, distill, prune (data is the shared stage).
 
 Each writes a Hugging Face directory (``save_pretrained`` of model and tokenizer) so every
 intermediate model is usable on its own, and the stage contract of
@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from edgecompress.errors import ModelError
-from edgecompress.io import atomic_write_json, sha256_file
+from edgecompress.io import sha256_file
 from edgecompress.stages.base import Stage, StageResult
 from edgecompress.text.context import TextContext
 from edgecompress.text.recipe import text_recipe_to_dict
@@ -33,28 +33,6 @@ def dir_fingerprint(directory: Path) -> str:
 
     files = sorted(p for p in directory.rglob("*") if p.is_file() and ".git" not in p.parts)
     return sha256_json({str(p.relative_to(directory)): sha256_file(p) for p in files})
-
-
-class TextDataStage(Stage):
-    """Loads and splits the texts; writes ``data/dataset.json`` (counts, classes, fingerprint)."""
-
-    name = "data"
-
-    def config(self, ctx: TextContext) -> dict[str, Any]:
-        return {"data": text_recipe_to_dict(ctx.recipe)["data"], "seed": ctx.recipe.seed}
-
-    def extra_fingerprints(self, ctx: TextContext) -> dict[str, str]:
-        return {"dataset": ctx.bundle.fingerprint}
-
-    def run(self, ctx: TextContext) -> StageResult:
-        b = ctx.bundle
-        info = {"name": b.name, "classes": b.classes, "fingerprint": b.fingerprint,
-                "train": len(b.train.texts), "val": len(b.val.texts), "test": len(b.test.texts),
-                "test_class_counts": [int((b.test.labels == c).sum())
-                                      for c in range(b.num_classes)]}
-        path = ctx.stage_dir(self.name) / "dataset.json"
-        atomic_write_json(path, info)
-        return StageResult(outputs={"dataset": path}, metrics=info)
 
 
 class TeacherStage(Stage):

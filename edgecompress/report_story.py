@@ -103,10 +103,13 @@ def distillation_story(report: Report) -> dict[str, Any] | None:
     if not student and not distill:
         return None
     block = report.get("distillation") or {}
+    # The distillation block is the distill stage's own account; the student block repeats it.
     out: dict[str, Any] = {
-        "gain_pp": student.get("distillation_gain_pp", block.get("gain_pp")),
-        "distilled_accuracy": student.get("accuracy_fp32_distilled"),
-        "baseline_accuracy": student.get("baseline_accuracy_fp32"),
+        "gain_pp": block.get("gain_pp", student.get("distillation_gain_pp")),
+        "distilled_accuracy": (block.get("distilled") or {}).get(
+            "test_accuracy", student.get("accuracy_fp32_distilled")),
+        "baseline_accuracy": (block.get("baseline") or {}).get(
+            "test_accuracy", student.get("baseline_accuracy_fp32")),
         "kept": block.get("kept"), "val_gain_pp": block.get("val_gain_pp"),
         "setting": ({k: block[k] for k in ("loss", "temperature", "alpha") if k in block}
                     or None),

@@ -49,17 +49,17 @@ def kib(size_bytes: Any) -> str:
 _NUMERIC = re.compile(r"^(<b>)?[-+]?[\d.,]+(x| ?%| pp| KiB| GHz)?(</b>)?( \(.*\))?$")
 
 
-def td(cell: str) -> str:
+def td(cell: str, numeric: bool = True) -> str:
     """A cell: numbers right-aligned (class n), text left-aligned and wrapping when long."""
-    if _NUMERIC.match(cell) or cell == "-":
+    if numeric and (_NUMERIC.match(cell) or cell == "-"):
         return f"<td class=n>{cell}</td>"
     return f"<td class=w>{cell}</td>" if len(cell) > 48 else f"<td>{cell}</td>"
 
 
-def table(head: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
-    """A table from already-escaped cells."""
+def table(head: Iterable[str], rows: Iterable[Iterable[str]], numeric: bool = True) -> str:
+    """A table from already-escaped cells (``numeric=False``: every cell left-aligned)."""
     th = "".join(f"<th>{h}</th>" for h in head)
-    body = "".join("<tr>" + "".join(td(c) for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(td(c, numeric) for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{th}</tr>{body}</table>"
 
 
@@ -270,7 +270,8 @@ def environment_html(report: Mapping[str, Any]) -> str:
              ("clock", None if env["clock_ghz"] is None else f"{env['clock_ghz']:g} GHz"),
              ("torch threads", env["threads"]), ("Python", env["python"])]
     facts += sorted(env["packages"].items())
-    return _section("environment", table(["", "value"], [[esc(k), esc(v)] for k, v in facts])
+    rows = [[esc(k), esc(v)] for k, v in facts]
+    return _section("environment", table(["", "value"], rows, numeric=False)
                     + "<p class=small>Latencies are comparable within this report only.</p>")
 
 

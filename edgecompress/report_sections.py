@@ -43,10 +43,15 @@ def count(value: Any) -> str:
 
 
 def kib(size_bytes: Any) -> str:
-    return "-" if size_bytes is None else f"{size_bytes / 1024:,.1f} KiB"
+    """A size in KiB, or MiB from 10 MiB up."""
+    if size_bytes is None:
+        return "-"
+    if size_bytes >= 10 * 2**20:
+        return f"{size_bytes / 2**20:,.1f} MiB"
+    return f"{size_bytes / 1024:,.1f} KiB"
 
 
-_NUMERIC = re.compile(r"^(<b>)?[-+]?[\d.,]+(x| ?%| pp| KiB| GHz)?(</b>)?( \(.*\))?$")
+_NUMERIC = re.compile(r"^(<b>)?[-+]?[\d.,]+(x| ?%| pp| KiB| MiB| GHz)?(</b>)?( \(.*\))?$")
 
 
 def td(cell: str, numeric: bool = True) -> str:
@@ -77,8 +82,8 @@ def ladder_html(report: Mapping[str, Any]) -> str:
     for r in rows:
         ratio = (f"1/{teacher['params'] / r['params']:.1f}" if r is not teacher and
                  teacher.get("params") and r.get("params") else "")
-        size = kib(r["size_bytes"]) + (f" ({esc(r['size_what'])})" if r.get("size_what") else
-                                       " (not exported)" if r["size_bytes"] is None else "")
+        size = ("not exported" if r["size_bytes"] is None else
+                kib(r["size_bytes"]) + (f" ({esc(r['size_what'])})" if r.get("size_what") else ""))
         drop = (None if r is teacher or r["accuracy"] is None or teacher["accuracy"] is None
                 else 100 * (r["accuracy"] - teacher["accuracy"]))
         cells.append([esc(r["model"]), count(r["params"]) + (f" ({ratio})" if ratio else ""),
@@ -139,7 +144,7 @@ def pruning_html(report: Mapping[str, Any]) -> str:
         return ""
 
     def ratio(a: Any, b: Any) -> str:
-        return f" ({b / a:.0%} kept)" if a and b is not None else ""
+        return f" ({100 * b / a:.0f} % kept)" if a and b is not None else ""
 
     facts = [f"plan {esc(plan['plan'])}" if plan["plan"] else "",
              f"importance {esc(plan['importance'])}" if plan["importance"] else "",
@@ -162,13 +167,13 @@ def pruning_html(report: Mapping[str, Any]) -> str:
                  + ".</p>")
         body += table(["group", "unit", "before", "kept", "kept %"],
                       [[esc(g["group"]), esc(g["unit"]), count(g["before"]), count(g["after"]),
-                        f"{g['after'] / g['before']:.0%}" if g["before"] else "-"]
+                        f"{100 * g['after'] / g['before']:.0f} %" if g["before"] else "-"]
                        for g in changed or groups])
     if plan["steps"]:
         body += "<p>Iterative steps (prune, then recover):</p>" + table(
             ["step", "MACs goal", "MACs kept", "accuracy pruned", "after recovery"],
-            [[esc(st.get("step")), f"{st['goal']:.0%}" if st.get("goal") is not None else "-",
-              f"{st['macs_ratio']:.0%}" if st.get("macs_ratio") is not None else "-",
+            [[esc(st.get("step")), pct(st.get("goal")).replace(".0 %", " %"),
+              pct(st.get("macs_ratio")).replace(".0 %", " %"),
               pct(st.get("test_accuracy_pruned")), pct(st.get("test_accuracy_recovered"))]
              for st in plan["steps"]])
     return _section("pruning", body)

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 OUT ?= runs/demo
 
-.PHONY: install demo demo-text test test-fast lint clean sshd
+.PHONY: install demo demo-text test test-fast lint clean sshd chromium
 
 # PyTorch -> .tflite conversion: litert-torch and its closure, versions from constraints.txt,
 # --no-deps because its converter's typing-extensions pin would break pydantic (README "TFLite").
@@ -34,11 +34,18 @@ sshd:
 		--no-install-recommends openssh-server >/dev/null) || \
 		echo "warning: openssh-server not installed: the ssh remote tests will skip"
 
+# tests/test_report_html.py renders report.html in headless Chromium (Debian's chromium);
+# without it (no root, no apt) that test skips and says why.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq \
+		--no-install-recommends chromium >/dev/null) || \
+		echo "warning: chromium not installed: the report.html browser test will skip"
+
 # Text classification (BERT family) end to end on the Rotten Tomatoes snippets (docs/text.md).
 demo-text: $(STAMP)
 	$(VENV)/bin/edgecompress run examples/text-classification.yaml --out runs/text
 
-test: $(STAMP) sshd
+test: $(STAMP) sshd chromium
 	$(PY) -m pytest -q -ra
 
 test-fast: $(STAMP)

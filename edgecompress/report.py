@@ -14,6 +14,12 @@ from typing import Any
 from edgecompress.environment import cpu_description, environment  # noqa: F401 - re-exported
 from edgecompress.errors import ConfigError
 from edgecompress.io import atomic_write_text
+from edgecompress.report_story import (
+    environment_summary,
+    model_ladder,
+    pruning_plan,
+    stage_metrics,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,16 +106,28 @@ def _models_section(report: dict[str, Any]) -> list[str]:
     params0 = prune.get("params_before", before.get("params", s["params"]))
     macs0 = prune.get("macs_before", before.get("macs", s["macs"]))
     distilled = s.get("accuracy_fp32_distilled", s["accuracy_fp32"])
-    lines = ["## Models (PyTorch, FP32)", "",
-             "| model | test accuracy | params | MACs |", "|---|---:|---:|---:|",
-             f"| teacher | {_fmt(t['accuracy'])} | {t['params']:,} | {t['macs']:,} |",
-             f"| student (distilled) | {_fmt(distilled)} | {params0:,} | {macs0:,} |"]
+    unpruned_size = "-" if prune.get("enabled") else _size(s.get("size_bytes"))
+    lines = ["## Models (teacher -> distilled -> pruned -> int8)", "",
+             "| model | test accuracy | params | MACs | size |", "|---|---:|---:|---:|---:|",
+             f"| teacher | {_fmt(t['accuracy'])} | {t['params']:,} | {t['macs']:,} | "
+             f"{_size(t.get('size_bytes'))} |",
+             f"| student (distilled) | {_fmt(distilled)} | {params0:,} | {macs0:,} | "
+             f"{unpruned_size} |"]
     if s.get("baseline_accuracy_fp32") is not None:
         lines.append(f"| student (hard labels only) | {_fmt(s['baseline_accuracy_fp32'])} | "
-                     f"{params0:,} | {macs0:,} |")
+                     f"{params0:,} | {macs0:,} | - |")
     if prune.get("enabled"):
-        lines.append(f"| student (distilled, pruned) | {_fmt(s['accuracy_fp32'])} | "
-                     f"{s['params']:,} | {s['macs']:,} |")
+        source = ("hard labels" if (report.get("distillation") or {}).get("kept") == "baseline"
+                  else "distilled")
+        lines.append(f"| student ({source}, pruned) | {_fmt(s['accuracy_fp32'])} | "
+                     f"{s['params']:,} | {s['macs']:,} | {_size(s.get('size_bytes'))} |")
+    # The int8 step: the deployed engines (accuracy of the engine itself on the test split).
+    lines += [f"| student int8 ({row['model'].split('(')[-1].rstrip(')')}, "
+              f"{row['size_what']}) | {_fmt(row['accuracy'])} | {s['params']:,} | "
+              f"{s['macs']:,} | {_size(row['size_bytes'])} |"
+              for row in model_ladder(report) if row["step"] == "int8"]
+    lines += ["", "FP32 rows: PyTorch; size: the exported FP32 ONNX (the unpruned student of a "
+              "pruned run is not exported)."]
     summary = f"Student/teacher parameters: 1/{t['params'] / max(s['params'], 1):.1f}."
     if s.get("distillation_gain_pp") is not None:
         summary += (f" Distillation gain over the hard-label baseline: "
@@ -117,6 +135,11 @@ def _models_section(report: dict[str, Any]) -> list[str]:
     lines += ["", summary, ""]
     if prune.get("enabled") and prune.get("channels"):
         lines += _channels_table(prune)
+    plan = pruning_plan(report)
+    other = [g for g in (plan or {}).get("groups") or [] if g["unit"] != "channels"]
+    if other:  # the text family: attention heads per layer and the FFN width
+        lines += ["Pruning kept: " + "; ".join(
+            f"{g['group']} {g['before']} -> {g['after']} {g['unit']}" for g in other) + ".", ""]
     return lines
 
 
@@ -193,6 +216,9 @@ def _int8_section(report: dict[str, Any]) -> list[str]:
     if not engines and not quant:
         return lines
     lines += ["", "## INT8", ""]
+    method = (stage_metrics(report, "export").get("int8") or {}).get("method")
+    if not quant and method:  # the text family quantizes at export, without a qat stage
+        lines += [f"Quantization: {method} at export (PTQ; this family has no qat stage).", ""]
     for e in engines:
         kernels = ", ".join(f"{op} x{n}" for op, n in e["int8_kernels"].items()) or "none"
         fp32 = ", ".join(e.get("fp32_nodes") or []) or "none"
@@ -216,6 +242,15 @@ def _int8_section(report: dict[str, Any]) -> list[str]:
                          f"{len(p.get('layers_quantized') or [])} | "
                          f"{', '.join(p.get('fp32_layers') or []) or '-'} |")
         for name, p in quant.get("presets", {}).items():
+            crit = p.get("accuracy_criterion") or {}
+            if crit.get("attempts"):
+                tried = "; ".join(f"FP32 [{', '.join(a.get('fp32_layers') or []) or 'none'}]: "
+                                  f"drop {_fmt(a.get('val_drop_vs_fp32_pp'), '.2f')} pp"
+                                  for a in crit["attempts"])
+                lines += ["", f"Accuracy criterion ({name}, max drop "
+                          f"{_fmt(crit.get('max_accuracy_drop'), 'g')} pp on validation) "
+                          f"{'met' if crit.get('met') else 'NOT met'}: {tried}."]
+        for name, p in quant.get("presets", {}).items():
             if p.get("sensitivity"):
                 lines += ["", f"Layer sensitivity ({name}, one layer int8 at a time, "
                           "validation split), most sensitive first:", "",
@@ -223,6 +258,19 @@ def _int8_section(report: dict[str, Any]) -> list[str]:
                 lines += [f"| {s['layer']} | {s['accuracy_drop_pp']:.2f} | "
                           f"{s['logit_mse']:.3g} |" for s in p["sensitivity"]]
     return lines
+
+
+def environment_line(report: dict[str, Any]) -> str:
+    """ISA class, cores, threads and library versions in one line ('' without an environment)."""
+    env = environment_summary(report)
+    if env is None:
+        return ""
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(env["packages"].items()))
+    facts = [f"{env['machine'] or ''} ISA {env['isa']}".strip() if env["isa"] else "",
+             f"{env['logical_cores']} logical cores" if env["logical_cores"] else "",
+             f"{env['threads']} torch threads" if env["threads"] else "",
+             f"Python {env['python']}" if env["python"] else "", versions]
+    return "Environment: " + "; ".join(f for f in facts if f) + "."
 
 
 def _crop(dataset: dict[str, Any]) -> Any:
@@ -254,6 +302,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# edgecompress report: {title}", "",
              f"{data_line} CPU: {cpu.get('model', '?')} "
              f"(flags: {', '.join(cpu.get('flags') or []) or '-'}).", ""]
+    env_line = environment_line(report)
+    if env_line:
+        lines += [env_line, ""]
     lines += _models_section(report)
     lines += _distillation_section(report)
     lines += ["## Targets", "",

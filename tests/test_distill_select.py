@@ -167,8 +167,11 @@ def test_markdown_and_html_say_which_student_was_kept():
     assert "| kd | 4 | 0.5 | 0.9000 | chosen |" in md
     assert "| run | distillation_gain | failed | -0.5 | 0 |" in md
     page = _distillation_html(report)
-    assert "Carried forward: the hard-label student" in page and "<td>0.8800</td>" in page
-    assert _distillation_html(make_report()) == ""
+    assert "Carried forward: the hard-label student" in page and "<td class=n>88.0 %</td>" in page
+    assert "Distillation gain over the hard-label baseline: -0.50 pp" in page
+    # Without the block the section still gives the student's gain, but names no choice.
+    assert "Carried forward" not in _distillation_html(make_report())
+    assert _distillation_html({"targets": []}) == ""
 
 
 def test_full_run_reports_the_distillation_block_and_judges_the_gain(write_recipe, tmp_path):

@@ -40,4 +40,9 @@ def test_profile_target_on_the_wrong_machine_is_skipped(write_recipe, tmp_path):
                           ("edgecompress.cpu", "accuracy_drop"), ("edgecompress.cpu", "size")}
     assert cases[("edgecompress.future-cpu", "status")].find("skipped") is not None
     assert "skipped: instruction set missing" in (out / "report.md").read_text()
-    assert (out / "report.html").read_text().count("data:image/png;base64,") == 3
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    # The story sections a real run produces (issue 12 item 5), accuracy in percent.
+    for heading in ("Model ladder", "Distillation", "Environment", "Targets", "Gate"):
+        assert f"<h2>{heading}</h2>" in page, heading
+    assert f"{100 * ran['accuracy']:.1f} %" in page

@@ -46,3 +46,6 @@ def test_profile_target_on_the_wrong_machine_is_skipped(write_recipe, tmp_path):
     for heading in ("Model ladder", "Distillation", "Environment", "Targets", "Gate"):
         assert f"<h2>{heading}</h2>" in page, heading
     assert f"{100 * ran['accuracy']:.1f} %" in page
+    # The image family's report records the libraries that shape its artifacts.
+    assert report["task"] == "image-classification"
+    assert {"torch-pruning", "torchao"} <= set(report["environment"]["packages"])

@@ -25,6 +25,8 @@ class ImageFamily(ModelFamily):
                               "Hugging Face, any nn.Module) on image data")
     report_upstream: ClassVar[tuple[str, ...]] = ("data", "finetune", "distill", "prune", "qat",
                                                   "export", "bench")
+    report_packages: ClassVar[tuple[str, ...]] = ("torch-pruning", "torchao", "litert-torch",
+                                                  "ai-edge-litert", "tensorrt", "datasets")
 
     def parse_recipe(self, raw: dict[str, Any], *, source: str, base_dir: Path | None) -> Any:
         from edgecompress.recipe import parse_recipe

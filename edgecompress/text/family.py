@@ -30,7 +30,8 @@ class TextFamily(ModelFamily):
     report_upstream: ClassVar[tuple[str, ...]] = ("data", "teacher", "distill", "prune",
                                                   "export", "bench")
     report_packages: ClassVar[tuple[str, ...]] = ("transformers", "tokenizers", "torchao",
-                                                  "torch-pruning")
+                                                  "torch-pruning", "litert-torch",
+                                                  "ai-edge-litert")
 
     def parse_recipe(self, raw: dict[str, Any], *, source: str, base_dir: Path | None) -> Any:
         from edgecompress.text.recipe import parse_text_recipe

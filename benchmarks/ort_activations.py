@@ -58,8 +58,34 @@ def build_model(arch: str) -> torch.nn.Module:
     return getattr(tv.models, arch)(num_classes=10)
 
 
-def profile(path: Path, x1: np.ndarray, runs: int, work: Path) -> dict[str, Any]:
-    """Mean microseconds per run by op type, and by node for the 15 slowest nodes."""
+def conv_kinds(optimized: Path) -> dict[str, str]:
+    """Node name -> ``depthwise`` / ``pointwise`` / ``other`` for the (QLinear)Convs of an
+    ORT-optimized model (group == input channels; 1x1 kernel)."""
+    import onnx
+
+    model = onnx.load(str(optimized))
+    inits = {i.name: i for i in model.graph.initializer}
+    kinds = {}
+    for node in model.graph.node:
+        if "Conv" not in node.op_type:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        w_name = node.input[3] if node.op_type == "QLinearConv" else node.input[1]
+        w = inits.get(w_name)
+        shape = list(w.dims) if w is not None else []
+        if group > 1 and len(shape) == 4 and shape[1] == 1:
+            kinds[node.name] = "depthwise"
+        elif len(shape) == 4 and shape[2:] == [1, 1]:
+            kinds[node.name] = "pointwise"
+        else:
+            kinds[node.name] = "other"
+    return kinds
+
+
+def profile(path: Path, x1: np.ndarray, runs: int, work: Path,
+            optimized: Path | None = None) -> dict[str, Any]:
+    """Mean microseconds per run by op type, convs split by kind (depthwise / pointwise /
+    other), and the 15 slowest nodes."""
     import onnxruntime as ort
 
     from edgecompress.backends.onnxruntime import INT8_DISABLED_OPTIMIZERS
@@ -95,6 +121,12 @@ def profile(path: Path, x1: np.ndarray, runs: int, work: Path) -> dict[str, Any]
         by_op[op] += ev["dur"] / total_runs
         count[op] += 1
         by_node[f"{ev['name'][:-len('_kernel_time')]} ({op})"] += ev["dur"] / total_runs
+    kinds = conv_kinds(optimized) if optimized is not None else {}
+    by_kind: dict[str, float] = defaultdict(float)
+    for node, us in by_node.items():
+        kind = kinds.get(node.rsplit(" (", 1)[0])
+        if kind is not None:
+            by_kind[kind] += us
     total = sum(by_op.values())
     ops = {op: {"us": round(us, 1), "share": round(us / total, 4),
                 "nodes": count[op] // total_runs}
@@ -103,6 +135,7 @@ def profile(path: Path, x1: np.ndarray, runs: int, work: Path) -> dict[str, Any]
     return {"total_us": round(total, 1), "by_op": ops,
             "float_ops_us": round(sum(v["us"] for v in float_ops.values()), 1),
             "qdq_us": round(sum(v["us"] for op, v in ops.items() if op in QDQ), 1),
+            "conv_us_by_kind": {k: round(v, 1) for k, v in sorted(by_kind.items())},
             "slowest_nodes": dict(sorted(((k, round(v, 1)) for k, v in by_node.items()),
                                          key=lambda kv: -kv[1])[:15])}
 
@@ -176,7 +209,7 @@ def bench(arch: str, data: tuple[Any, ...], args: argparse.Namespace,
                 row["agreement_with_pytorch_int8"] = float(
                     (logits.argmax(1) == refs[key].argmax(1)).mean())
                 row["max_abs_diff_vs_pytorch_int8"] = float(np.abs(logits - refs[key]).max())
-            row["profile"] = profile(path, x_eval[:1], args.profile_runs, work)
+            row["profile"] = profile(path, x_eval[:1], args.profile_runs, work, opt)
             rows[key] = row
         timing = interleaved(sessions, x_eval[:1], args.rounds, args.runs, args.warmup)
         for key in paths:

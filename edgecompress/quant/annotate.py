@@ -216,6 +216,33 @@ def _annotate_elementwise(gm: GraphModule, specs: Specs, mark: object) -> int:
     return count
 
 
+def global_pool_as_mean(graph: GraphModule) -> int:
+    """Rewrite ``adaptive_avg_pool2d(x, 1)`` as ``mean(x, [-1, -2], keepdim=True)`` in place.
+
+    The same values. The ONNX exporter lowers ``adaptive_avg_pool2d`` with a dynamic batch
+    through index arithmetic (ReduceMean, Reshape, a Gather from ``as_strided``) on some input
+    sizes, which puts a Gather between the pooling and its QuantizeLinear and keeps the pooling
+    float; ``mean`` exports as a single ReduceMean that :func:`~edgecompress.quant.onnx_passes.
+    reduce_mean_to_global_pool` turns into GlobalAveragePool (QLinearGlobalAveragePool in ORT).
+    Returns the number rewritten.
+    """
+    count = 0
+    for node in list(graph.graph.nodes):
+        if (node.op != "call_function" or node.target is not aten.adaptive_avg_pool2d.default
+                or not _is_global_pool(node)):
+            continue
+        with graph.graph.inserting_before(node):
+            mean = graph.graph.call_function(aten.mean.dim, (node.args[0], [-1, -2], True))
+        mean.meta = {k: v for k, v in node.meta.items() if k != "source_fn_stack"}
+        node.replace_all_uses_with(mean)
+        graph.graph.erase_node(node)
+        count += 1
+    if count:
+        graph.graph.lint()
+        graph.recompile()
+    return count
+
+
 def decompose_hardswish(graph: GraphModule) -> int:
     """Rewrite every ``hardswish(x)`` as ``mul(x, hardsigmoid(x))`` (before annotation), in place.
 

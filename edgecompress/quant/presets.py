@@ -171,9 +171,15 @@ class OnnxQdqPreset(QuantPreset):
         self.layers = {}
         graph = program.module()
         if self.elementwise:
-            from edgecompress.quant.annotate import decompose_hardswish, decompose_silu
+            from edgecompress.quant.annotate import (
+                decompose_hardswish,
+                decompose_silu,
+                global_pool_as_mean,
+            )
 
             decompose_silu(graph)
+            if self.global_pool_rewrite:
+                global_pool_as_mean(graph)
             if self.hardswish_mul:
                 decompose_hardswish(graph)
         quantizer = _Quantizer.build(self.specs(qat, skip), self.layers)

@@ -47,7 +47,7 @@ VARIANTS: dict[str, dict[str, bool]] = {
     # ablations (--variants): one change left out
     "no elementwise": {"elementwise": False},
     "no pool rewrite": {"global_pool_rewrite": False},
-    "no hardswish mul": {"hardswish_mul": False},
+    "hardswish mul": {"hardswish_mul": True},
 }
 
 

@@ -93,7 +93,9 @@ class OnnxQdqPreset(QuantPreset):
     #: QLinearGlobalAveragePool instead of float ops between DequantizeLinear and
     #: QuantizeLinear. ORT presets only: TensorRT's QDQ rules are about conv/linear/add inputs.
     elementwise: ClassVar[bool] = False
-    #: With ``elementwise``: also write hardswish as x * hardsigmoid(x) (QLinearMul).
+    #: With ``elementwise``: also write hardswish as x * hardsigmoid(x) (QLinearMul, the
+    #: hardsigmoid float between DQ and Q). Off: measured no faster, and slower at 32 px, than
+    #: ORT's float HardSwish round trip (benchmarks/results/ort_activations_mobilenet_v3.json).
     hardswish_mul: ClassVar[bool] = False
     #: ONNX rewrite of the exported QDQ file: ReduceMean over H, W -> GlobalAveragePool (same
     #: values), which ORT's QDQ fusion turns into QLinearGlobalAveragePool.
@@ -215,7 +217,6 @@ class _OrtPreset(OnnxQdqPreset):
     act_range: ClassVar[tuple[int, int]] = (0, 255)
     act_symmetric: ClassVar[bool] = False
     elementwise: ClassVar[bool] = True
-    hardswish_mul: ClassVar[bool] = True
     global_pool_rewrite: ClassVar[bool] = True
 
     def export(self, converted: nn.Module, example: torch.Tensor, out_path: Path) -> Path:

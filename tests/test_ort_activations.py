@@ -192,3 +192,26 @@ def test_reduce_mean_rewrite_keeps_values(tmp_path):
     after = ort.InferenceSession(model.SerializeToString()).run(None, {"x": x})
     for a, b in zip(before, after, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_mul_by_a_parameter_is_left_float():
+    """x * gate(x) and x * se_gate are quantized; x * parameter (a layer scale) is not: an
+    activation's per-tensor uint8 spec would quantize the parameter coarsely."""
+    from edgecompress.quant.annotate import Specs, annotate_graph, decompose_silu
+
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 1)
+            self.scale = nn.Parameter(torch.full((4, 1, 1), 1e-3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = nn.functional.silu(self.conv(x))
+            return y * self.scale + y
+
+    gm = torch.export.export(Scaled().eval(), (torch.randn(2, 3, 4, 4),)).module()
+    assert decompose_silu(gm) == 1
+    annotate_graph(gm, Specs(activation="act", weight="w", elementwise=True))
+    muls = [n for n in gm.graph.nodes if n.target is torch.ops.aten.mul.Tensor]
+    annotated = {n.args[1].op: "quantization_annotation" in n.meta for n in muls}
+    assert annotated == {"call_function": True, "get_attr": False}

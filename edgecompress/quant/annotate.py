@@ -208,6 +208,10 @@ def _annotate_elementwise(gm: GraphModule, specs: Specs, mark: object) -> int:
             a, b = node.args[0], node.args[1]
             if not (is_float_tensor(a) and is_float_tensor(b)):
                 continue
+            if a.op == "get_attr" or b.op == "get_attr":
+                # x * parameter (layer scale): an activation spec (per-tensor uint8) would
+                # quantize the parameter coarsely; leave it float.
+                continue
             mark(node, input_qspec_map={a: _input_spec(a, specs), b: _input_spec(b, specs)},
                  output_qspec=_output_spec(node, specs))
         else:

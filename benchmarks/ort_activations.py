@@ -141,7 +141,8 @@ def profile(path: Path, x1: np.ndarray, runs: int, work: Path,
 
 
 def int8_engine(model: torch.nn.Module, example: torch.Tensor, calib: np.ndarray,
-                x_eval: np.ndarray, settings: dict[str, bool], out: Path) -> tuple[Path, np.ndarray]:
+                x_eval: np.ndarray, settings: dict[str, bool],
+                out: Path) -> tuple[Path, np.ndarray]:
     from edgecompress.backends import get_backend
     from edgecompress.quant.presets import get_preset, preset_for_target
     from edgecompress.quant.training import calibrate, predict
@@ -203,7 +204,8 @@ def bench(arch: str, data: tuple[Any, ...], args: argparse.Namespace,
             logits = run_all(sessions[key], x_eval)
             cen = kernel_census(load(opt))
             row = {"accuracy": float((logits.argmax(1) == y_test[:n_eval]).mean()),
-                   "int8_kernels": cen["int8_kernels"], "fp32_compute_nodes": len(cen["fp32_nodes"]),
+                   "int8_kernels": cen["int8_kernels"],
+                   "fp32_compute_nodes": len(cen["fp32_nodes"]),
                    "ops": cen["ops"]}
             if key in refs:
                 row["agreement_with_pytorch_int8"] = float(

@@ -262,3 +262,63 @@ def load(path: Path) -> Any:
     import onnx
 
     return onnx.load(str(path))
+
+
+def _const_ints(model: Any, name: str) -> list[int] | None:
+    """The integer values of an initializer or Constant node output named ``name``."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            return [int(v) for v in numpy_helper.to_array(init).reshape(-1)]
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return [int(v) for v in numpy_helper.to_array(attr.t).reshape(-1)]
+    return None
+
+
+def _ranks(model: Any) -> dict[str, int]:
+    infos = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+    return {i.name: len(i.type.tensor_type.shape.dim) for i in infos
+            if i.type.HasField("tensor_type") and i.type.tensor_type.HasField("shape")}
+
+
+def reduce_mean_to_global_pool(model: Any) -> int:
+    """Rewrite ``ReduceMean(x, axes=[2, 3], keepdims=1)`` of a 4-D ``x`` as
+    ``GlobalAveragePool(x)`` in place (the same values); returns the number rewritten.
+
+    The dynamo exporter writes ``adaptive_avg_pool2d(x, 1)`` (squeeze-excitation, classifier
+    heads) as ReduceMean, which ONNX Runtime's QDQ fusion does not turn into an int8 kernel:
+    between a DequantizeLinear and a QuantizeLinear it ran in float, and slowly (NCHW reduce;
+    EfficientNet-B0 at 224 px: 17 ReduceMean nodes ~15 % of the int8 engine's time, AMD EPYC
+    Zen 3, AVX2, 1 thread). ``DQ -> GlobalAveragePool -> Q`` fuses into
+    QLinearGlobalAveragePool.
+    """
+    ranks = _ranks(model)
+    done = 0
+    for node in model.graph.node:
+        if node.op_type != "ReduceMean" or ranks.get(node.input[0]) != 4:
+            continue
+        keepdims = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
+        if len(node.input) > 1 and node.input[1]:
+            axes = _const_ints(model, node.input[1])
+        else:
+            axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        if keepdims != 1 or axes is None or sorted(a % 4 for a in axes) != [2, 3]:
+            continue
+        node.op_type = "GlobalAveragePool"
+        del node.input[1:]
+        del node.attribute[:]
+        node.domain = ""
+        done += 1
+    if done:
+        used = {name for n in model.graph.node for name in n.input}
+        for node in [n for n in model.graph.node
+                     if n.op_type == "Constant" and not any(o in used for o in n.output)]:
+            model.graph.node.remove(node)
+        for init in [i for i in model.graph.initializer if i.name not in used]:
+            model.graph.initializer.remove(init)
+    return done
+

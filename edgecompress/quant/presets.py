@@ -88,6 +88,18 @@ class OnnxQdqPreset(QuantPreset):
     act_symmetric: ClassVar[bool]
     #: largest |weight| code: 127 (full int8) or 63 (7-bit, cannot saturate vpmaddubsw)
     weight_max: ClassVar[int] = 127
+    #: Quantize sigmoid / two-tensor mul / global average pooling too (SiLU decomposed into
+    #: sigmoid x mul first): ONNX Runtime then runs them as QLinearSigmoid / QLinearMul /
+    #: QLinearGlobalAveragePool instead of float ops between DequantizeLinear and
+    #: QuantizeLinear. ORT presets only: TensorRT's QDQ rules are about conv/linear/add inputs.
+    elementwise: ClassVar[bool] = False
+    #: With ``elementwise``: also write hardswish as x * hardsigmoid(x) (QLinearMul, the
+    #: hardsigmoid float between DQ and Q). Off: measured no faster, and slower at 32 px, than
+    #: ORT's float HardSwish round trip (benchmarks/results/ort_activations_mobilenet_v3.json).
+    hardswish_mul: ClassVar[bool] = False
+    #: ONNX rewrite of the exported QDQ file: ReduceMean over H, W -> GlobalAveragePool (same
+    #: values), which ORT's QDQ fusion turns into QLinearGlobalAveragePool.
+    global_pool_rewrite: ClassVar[bool] = False
 
     def __init__(self, *, calibration: str = "minmax", percentile: float = 99.99,
                  opset: int = 18) -> None:
@@ -140,7 +152,8 @@ class OnnxQdqPreset(QuantPreset):
         if not qat and self.calibration != "minmax":
             boundary = QuantizationSpec(observer_or_fake_quant_ctr=pt2e.MinMaxObserver.with_args(
                 **act_kw), is_dynamic=False, **act_kw)
-        return Specs(activation=activation, weight=weight, skip=frozenset(skip), boundary=boundary)
+        return Specs(activation=activation, weight=weight, skip=frozenset(skip), boundary=boundary,
+                     elementwise=self.elementwise)
 
     def prepare(self, model: nn.Module, example: torch.Tensor, *, qat: bool,
                 skip: Collection[str] = ()) -> nn.Module:
@@ -158,9 +171,22 @@ class OnnxQdqPreset(QuantPreset):
             raise ModelError(f"cannot trace the student for INT8 ({type(exc).__name__}): "
                              f"{str(exc).splitlines()[0] if str(exc) else ''}") from exc
         self.layers = {}
+        graph = program.module()
+        if self.elementwise:
+            from edgecompress.quant.annotate import (
+                decompose_hardswish,
+                decompose_silu,
+                global_pool_as_mean,
+            )
+
+            decompose_silu(graph)
+            if self.global_pool_rewrite:
+                global_pool_as_mean(graph)
+            if self.hardswish_mul:
+                decompose_hardswish(graph)
         quantizer = _Quantizer.build(self.specs(qat, skip), self.layers)
         prep = prepare_qat_pt2e if qat else prepare_pt2e
-        return prep(program.module(), quantizer)
+        return prep(graph, quantizer)
 
     def convert(self, prepared: nn.Module) -> nn.Module:
         from torchao.quantization.pt2e import (
@@ -190,6 +216,23 @@ class _OrtPreset(OnnxQdqPreset):
     act_dtype: ClassVar[torch.dtype] = torch.uint8
     act_range: ClassVar[tuple[int, int]] = (0, 255)
     act_symmetric: ClassVar[bool] = False
+    elementwise: ClassVar[bool] = True
+    global_pool_rewrite: ClassVar[bool] = True
+
+    def export(self, converted: nn.Module, example: torch.Tensor, out_path: Path) -> Path:
+        out = super().export(converted, example, out_path)
+        if not self.global_pool_rewrite:
+            return out
+        import onnx
+
+        from edgecompress.io import atomic_path
+        from edgecompress.quant.onnx_passes import reduce_mean_to_global_pool
+
+        model = onnx.load(str(out))
+        if reduce_mean_to_global_pool(model):
+            with atomic_path(out) as tmp:
+                onnx.save(model, str(tmp))
+        return out
 
 
 @register_preset

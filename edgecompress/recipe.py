@@ -217,7 +217,12 @@ class DistillConfig(_Strict):
 
     @model_validator(mode="after")
     def _auto_options_need_auto(self) -> DistillConfig:
-        extra = sorted({"feature_pairs", "feature_weight"} & self.model_fields_set)
+        # Only values that differ from the defaults: a dumped recipe (recipe.json, the API's
+        # merge) writes every field, and must parse again.
+        fields = type(self).model_fields
+        extra = sorted(name for name in ("feature_pairs", "feature_weight")
+                       if name in self.model_fields_set
+                       and getattr(self, name) != fields[name].default)
         if extra and self.features != "auto":
             raise ValueError(f"{', '.join(extra)} only apply to features: auto (an explicit "
                              "list sets each pair's weight itself)")

@@ -8,7 +8,6 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from edgecompress.config import GateConfig, _Strict
-from edgecompress.errors import ConfigError
 
 
 class RunGateConfig(GateConfig):
@@ -77,13 +76,9 @@ class TargetConfig(_Strict):
             return {**raw, "name": _local_target_name(raw)}
         if not isinstance(raw, dict) or not raw.get("profile"):
             return raw
-        from edgecompress.targets import load_profile
+        from edgecompress.targets import profile_for_validator
 
-        try:
-            profile = load_profile(str(raw["profile"]))
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
-        return profile.fill_target(raw)
+        return profile_for_validator(raw["profile"]).fill_target(raw)
 
     @field_validator("name")
     @classmethod

@@ -241,6 +241,15 @@ def parse_profile(raw: Any, source: str) -> TargetProfile:
     return profile
 
 
+def profile_for_validator(name_or_path: Any) -> TargetProfile:
+    """:func:`load_profile` for a pydantic validator (a recipe target's ``profile:``): a bad
+    name or file becomes the ``ValueError`` pydantic reports at the key's dotted path."""
+    try:
+        return load_profile(str(name_or_path))
+    except ConfigError as err:
+        raise ValueError(str(err)) from None
+
+
 def load_profile(name_or_path: str | Path) -> TargetProfile:
     """Load a profile by name (``x86-avx512``) or by YAML path.
 

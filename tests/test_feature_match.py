@@ -178,6 +178,11 @@ def test_recipe_accepts_auto_and_rejects_bad_values():
         parse_recipe({"stages": {"distill": {"features": "automatic"}}})
     with pytest.raises(ConfigError, match=r"feature_pairs only apply to features: auto"):
         parse_recipe({"stages": {"distill": {"feature_pairs": 2}}})
+    # A dumped recipe (every field written, defaults included) parses again.
+    from edgecompress.recipe import recipe_to_dict
+
+    dumped = recipe_to_dict(parse_recipe({}))
+    assert recipe_to_dict(parse_recipe(dumped)) == dumped
     with pytest.raises(ConfigError, match=r"stages.distill.feature_pairs"):
         parse_recipe({"stages": {"distill": {"features": "auto", "feature_pairs": 0}}})
 

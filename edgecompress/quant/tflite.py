@@ -191,33 +191,19 @@ def _annotate_untraced_adds(model: torch.fx.GraphModule, config: Any,
     return count
 
 
-_SILUS = (torch.ops.aten.silu.default, torch.ops.aten.silu_.default)
-
-
 def decompose_silu(graph: torch.fx.GraphModule) -> int:
-    """Rewrite every ``silu(x)`` as ``mul(x, sigmoid(x))`` before annotation.
+    """Rewrite every ``silu(x)`` as ``mul(x, sigmoid(x))`` before annotation (the rewrite the
+    ORT presets use too: :func:`edgecompress.quant.annotate.decompose_silu`).
 
     litert-torch has no annotator for SiLU; its converter lowers it to LOGISTIC + MUL in float,
     wrapped in DEQUANTIZE/QUANTIZE (EfficientNet-B0: 196 float ops). Written as sigmoid and mul,
     both get annotated (:func:`_annotate_silu`), and TFLite runs its int8 LOGISTIC (fixed output
     scale 1/256) and int8 MUL kernels: the model converts fully integer.
     """
-    count = 0
-    for node in list(graph.graph.nodes):
-        if node.op != "call_function" or node.target not in _SILUS:
-            continue
-        x = node.args[0]
-        with graph.graph.inserting_before(node):
-            sigmoid = graph.graph.call_function(torch.ops.aten.sigmoid.default, (x,))
-            product = graph.graph.call_function(torch.ops.aten.mul.Tensor, (x, sigmoid))
-        for new in (sigmoid, product):  # shapes, module paths; not the SiLU's source
-            new.meta = {k: v for k, v in node.meta.items() if k != "source_fn_stack"}
-        node.replace_all_uses_with(product)
-        graph.graph.erase_node(node)
-        count += 1
+    from edgecompress.quant.annotate import decompose_silu as write_out
+
+    count = write_out(graph)
     if count:
-        graph.graph.lint()
-        graph.recompile()
         logger.debug("tflite int8: %d SiLU written as sigmoid x mul", count)
     return count
 

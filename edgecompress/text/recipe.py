@@ -208,12 +208,9 @@ class TextTargetConfig(_Strict):
         profiles: ssh/adb devices and TensorRT are not reachable by text targets yet."""
         if not isinstance(raw, dict) or not raw.get("profile"):
             return raw
-        from edgecompress.targets import load_profile
+        from edgecompress.targets import profile_for_validator
 
-        try:
-            profile = load_profile(str(raw["profile"]))
-        except ConfigError as err:
-            raise ValueError(str(err)) from None
+        profile = profile_for_validator(raw["profile"])
         if profile.connection.kind != "local" or profile.backend not in ("onnxruntime",
                                                                          "tflite"):
             raise ValueError(f"profile {profile.name!r} ({profile.backend} over "

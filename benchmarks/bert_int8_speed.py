@@ -65,8 +65,9 @@ def _static_student(ctx, export: Path, out: Path, samples: int = 128) -> Path:
     from edgecompress.text.quant import quantize_static_int8
 
     data, feeds = ctx.encoded("train"), []
-    for start in range(0, min(samples, len(data)), 16):
-        i, m = collate(data.ids[start:min(start + 16, samples)], ctx.pad_id)
+    count = min(samples, len(data))
+    for start in range(0, count, 16):
+        i, m = collate(data.take(range(start, min(start + 16, count))), ctx.pad_id)
         feeds.append((i.numpy(), m.numpy()))
     return quantize_static_int8(export / "student.onnx", out, feeds)
 

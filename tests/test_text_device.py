@@ -21,7 +21,7 @@ def _tiny(tmp_path):
 
     model, tok = load_hf(tiny_bert_dir(tmp_path / "bert", layers=1, hidden=32, heads=2, ffn=64))
     texts = ["a great film", "a dull film", "superb cast", "boring plot"] * 4
-    split = TextSplit(texts=texts, labels=np.array([1, 0, 1, 0] * 4))
+    split = TextSplit.from_texts(texts, np.array([1, 0, 1, 0] * 4))
     return model, encode(tok, split, 16), int(tok.pad_token_id or 0)
 
 

@@ -141,3 +141,37 @@ def test_text_cli_bad_input_exits_2(tmp_path, capsys):
     assert not (tmp_path / "z").exists()  # nothing half-written
     main(["validate", _write(tmp_path, _recipe(tmp_path))])
     assert "task: text-classification" in capsys.readouterr().out
+
+
+def test_text_run_from_a_saved_hugging_face_dataset(tmp_path):
+    """Issue 15: a DatasetDict saved with save_to_disk is a text source; its test split is
+    used whole (train_limit shrinks only the training pool) and the report names the source."""
+    datasets = pytest.importorskip("datasets", reason="Hugging Face datasets not installed "
+                                                      "(extra: hf)")
+    import csv
+
+    from edgecompress.report import load_report
+
+    rows = list(csv.DictReader(open(write_sentiment_csv(tmp_path / "r.csv", rows=200))))
+    features = datasets.Features({"review": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+
+    def part(chunk):
+        return datasets.Dataset.from_dict({"review": [r["text"] for r in chunk],
+                                           "label": [r["label"] for r in chunk]},
+                                          features=features)
+
+    datasets.DatasetDict({"train": part(rows[:160]), "test": part(rows[160:])}).save_to_disk(
+        str(tmp_path / "reviews_hf"))
+    raw = _recipe(tmp_path, prune={"enabled": False}, targets=_recipe(tmp_path)["targets"][1:])
+    raw["data"] = {"path": "reviews_hf", "text_column": "review", "max_length": 24,
+                   "train_limit": 120, "name": "tiny reviews"}
+    raw["teacher"]["finetune"]["epochs"] = 4
+    raw["distill"]["epochs"] = 1
+    out = tmp_path / "run"
+    assert _exit_code(["run", _write(tmp_path, raw), "--out", str(out)]) == 0
+    dataset = load_report(out / "report.json")["dataset"]
+    assert dataset["name"] == "tiny reviews" and dataset["source"] == "hf"
+    assert dataset["samples"]["test"] == 40 and dataset["given_splits"] == ["train", "test"]
+    assert dataset["samples"]["train"] + dataset["samples"]["val"] == 120
+    assert dataset["train_limit"] == {"from": 160, "to": 120}

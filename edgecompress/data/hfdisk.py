@@ -28,7 +28,8 @@ IMAGE_COLUMNS = ("image", "img")
 LABEL_COLUMNS = ("label", "labels")
 
 
-def _datasets():
+def datasets_module():
+    """``datasets``, offline (exit 3 with the install line when it is missing)."""
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
         import datasets
@@ -56,7 +57,7 @@ class HFImages:
 
     def _rows(self):
         if self._table is None:
-            datasets = _datasets()
+            datasets = datasets_module()
             loaded = datasets.load_from_disk(str(self.path))
             split = loaded[self.split] if self.split is not None else loaded
             self._table = split.cast_column(self.column, datasets.Image(decode=False))
@@ -83,7 +84,23 @@ class HFImages:
         digest.update(hashlib.sha256(np.ascontiguousarray(rows).tobytes()).digest())
 
 
-def _column(split: Any, wanted: str | None, defaults: tuple[str, ...], what: str,
+def load_saved(path: Path) -> Any:
+    """The ``Dataset`` or ``DatasetDict`` saved in ``path`` (memory-mapped).
+
+    Raises:
+        DataError: not a directory, or not one written by ``save_to_disk``.
+    """
+    datasets = datasets_module()
+    if not path.is_dir():
+        raise DataError(f"Hugging Face dataset {path} is not a directory (expected the folder "
+                        f"written by Dataset.save_to_disk / DatasetDict.save_to_disk)")
+    try:
+        return datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise DataError(f"cannot read Hugging Face dataset {path}: {exc}") from exc
+
+
+def find_column(split: Any, wanted: str | None, defaults: tuple[str, ...], what: str,
             where: str) -> str:
     names = list(split.column_names)
     if wanted is not None:
@@ -106,14 +123,8 @@ def scan_hf_dataset(path: Path, image_column: str | None, label_column: str | No
         DataError: not a saved dataset, no train split, missing/odd columns, bad labels.
         BackendUnavailable: ``datasets`` is not installed.
     """
-    datasets = _datasets()
-    if not path.is_dir():
-        raise DataError(f"Hugging Face dataset {path} is not a directory (expected the folder "
-                        f"written by Dataset.save_to_disk / DatasetDict.save_to_disk)")
-    try:
-        loaded = datasets.load_from_disk(str(path))
-    except (FileNotFoundError, ValueError, OSError) as exc:
-        raise DataError(f"cannot read Hugging Face dataset {path}: {exc}") from exc
+    datasets = datasets_module()
+    loaded = load_saved(path)
     if isinstance(loaded, datasets.DatasetDict):
         if "train" not in loaded:
             raise DataError(f"{path}: a DatasetDict needs a 'train' split; it has "
@@ -124,8 +135,8 @@ def scan_hf_dataset(path: Path, image_column: str | None, label_column: str | No
         splits, parts = {"train": None}, {"train": loaded}
     where = str(path)
     train = parts["train"]
-    image_col = _column(train, image_column, IMAGE_COLUMNS, "image", where)
-    label_col = _column(train, label_column, LABEL_COLUMNS, "label", where)
+    image_col = find_column(train, image_column, IMAGE_COLUMNS, "image", where)
+    label_col = find_column(train, label_column, LABEL_COLUMNS, "label", where)
     feature = train.features[image_col]
     if not isinstance(feature, datasets.Image):
         raise DataError(f"{where}: column {image_col!r} is {type(feature).__name__}, not an "

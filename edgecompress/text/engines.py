@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 def _padded(ctx: TextContext, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
     from edgecompress.text.data import collate
 
-    ids, mask = collate(ctx.encoded(split).ids[:n], ctx.pad_id)
+    ids, mask = collate(ctx.encoded(split).head(n), ctx.pad_id)
     return ids.numpy(), mask.numpy()
 
 
@@ -131,8 +131,9 @@ class TextExportStage(Stage):
             from edgecompress.text.data import collate
 
             data, feeds = ctx.encoded("train"), []
-            for start in range(0, min(q.calibration_samples, len(data)), 16):
-                i, m = collate(data.ids[start:min(start + 16, q.calibration_samples)], ctx.pad_id)
+            count = min(q.calibration_samples, len(data))
+            for start in range(0, count, 16):
+                i, m = collate(data.take(np.arange(start, min(start + 16, count))), ctx.pad_id)
                 feeds.append((i.numpy(), m.numpy()))
             # QDQ annotates weight MatMuls: quantize the plain export, not the optimized graph
             # (its fused Attention keeps the packed Q/K/V weight in float, and the static
@@ -267,8 +268,7 @@ def bench_text_targets(ctx: TextContext, targets: list[Any]) -> list[dict[str, A
             from edgecompress.text.tflite import tflite_accuracy
 
             runner = get_backend("tflite").load(path, threads=threads)
-            acc, logits = tflite_accuracy(runner, data.ids, data.labels, ctx.pad_id,
-                                          first.seq_len)
+            acc, logits = tflite_accuracy(runner, data, ctx.pad_id, first.seq_len)
             calls[name] = runner.timed_call(feed)
         else:
             session = ort_session(path, threads, disabled=off)

@@ -53,6 +53,12 @@ class TextFamily(ModelFamily):
         from edgecompress.text.models import transformers_module
 
         transformers_module()
+        from edgecompress.text.sources import file_format
+
+        if file_format(recipe.data.path, recipe.data.format) == "hf":
+            from edgecompress.data.hfdisk import datasets_module
+
+            datasets_module()
         try:
             import onnxruntime  # noqa: F401
         except ImportError as exc:
@@ -80,7 +86,7 @@ class TextFamily(ModelFamily):
         recipe = ctx.recipe
         b = ctx.bundle
         logger.info("data: %s, classes %s, train/val/test %d/%d/%d", b.name, b.classes,
-                    len(b.train.texts), len(b.val.texts), len(b.test.texts))
+                    len(b.train), len(b.val), len(b.test))
         depth = recipe.teacher.scratch.layers if recipe.teacher.scratch else None
         if recipe.teacher.path is not None:
             cfg = recipe.teacher.path / "config.json"
@@ -108,12 +114,13 @@ class TextFamily(ModelFamily):
         return ctx.bundle.fingerprint
 
     def record_data(self, ctx: Any, out_dir: Path) -> tuple[dict[str, Path], dict[str, Any]]:
-        """``dataset.json``: name, classes, fingerprint, split sizes, test class counts."""
+        """``dataset.json``: name, source, classes, fingerprint, split sizes (and which the
+        data gave), limits applied, test class counts."""
         from edgecompress.io import atomic_write_json
 
         b = ctx.bundle
         info = {"name": b.name, "classes": b.classes, "fingerprint": b.fingerprint,
-                "train": len(b.train.texts), "val": len(b.val.texts), "test": len(b.test.texts),
+                "train": len(b.train), "val": len(b.val), "test": len(b.test), **b.info,
                 "test_class_counts": [int((b.test.labels == c).sum())
                                       for c in range(b.num_classes)]}
         atomic_write_json(out_dir / "dataset.json", info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -79,8 +80,10 @@ def save_hf(model: nn.Module, tokenizer: Any, out_dir: Path) -> Path:
     return out_dir
 
 
-def train_wordpiece(texts: list[str], vocab_size: int, max_length: int) -> Any:
-    """A lower-cased BERT WordPiece tokenizer trained on ``texts`` (offline, seconds)."""
+def train_wordpiece(texts: Iterable[str] | Iterable[list[str]], vocab_size: int,
+                    max_length: int) -> Any:
+    """A lower-cased BERT WordPiece tokenizer trained on ``texts`` (strings, or lists of
+    strings read a chunk at a time; offline, seconds)."""
     transformers_module()
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers.trainers import WordPieceTrainer
@@ -101,8 +104,8 @@ def train_wordpiece(texts: list[str], vocab_size: int, max_length: int) -> Any:
                                    model_max_length=max_length)
 
 
-def scratch_teacher(cfg: Any, texts: list[str], classes: list[str], max_length: int,
-                    seed: int) -> tuple[nn.Module, Any]:
+def scratch_teacher(cfg: Any, texts: Iterable[str] | Iterable[list[str]], classes: list[str],
+                    max_length: int, seed: int) -> tuple[nn.Module, Any]:
     """A BERT from a config with random weights, and a tokenizer trained on ``texts``."""
     tf = transformers_module()
     tokenizer = train_wordpiece(texts, cfg.vocab_size, max_length)

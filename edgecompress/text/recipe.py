@@ -26,23 +26,50 @@ class _Strict(BaseModel):
 
 
 class TextDataConfig(_Strict):
-    """Where the labelled texts are and which columns hold what."""
+    """Where the labelled texts are and which columns hold what. Texts stay on disk and are
+    read and tokenized per batch, so a corpus of any size fits in memory."""
 
-    path: Path = Field(description="CSV, TSV or JSONL file (one object per line).")
-    format: Literal["auto", "csv", "tsv", "jsonl"] = Field(
-        "auto", description="auto: from the suffix (.csv, .tsv/.tab, .jsonl/.json).")
+    path: Path = Field(description="CSV, TSV or JSONL file (one object per line), or a "
+                                   "directory written by Hugging Face datasets' save_to_disk.")
+    format: Literal["auto", "csv", "tsv", "jsonl", "hf"] = Field(
+        "auto", description="auto: a directory is a saved Hugging Face dataset (hf), a file "
+                            "goes by its suffix (.csv, .tsv/.tab, .jsonl/.json).")
     text_column: str = Field("text", description="Column/key holding the text.")
-    label_column: str = Field("label", description="Column/key holding the class label.")
+    label_column: str = Field("label", description="Column/key holding the class label (hf: a "
+                                                   "ClassLabel, integers or strings).")
     labels: list[str] | None = Field(
         None, description="Keep only rows with these labels, in this class order (default: "
-                          "every label, sorted).")
+                          "a ClassLabel's order, else every label sorted).")
     split_column: str | None = Field(
         None, description="Column whose values train/validation|val|dev/test give the split; "
-                          "default: a seeded stratified split.")
-    val_fraction: float = Field(0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(0.2, gt=0, lt=0.5)
-    limit: int | None = Field(None, ge=10, description="Use at most N rows (stratified).")
+                          "default: a seeded stratified split (hf DatasetDict: its own train/"
+                          "validation/test splits).")
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="Validation share when the "
+                                "data gives no validation split (carved from train).")
+    test_fraction: float = Field(0.2, gt=0, lt=0.5, description="Test share when the data "
+                                 "gives no test split (carved from train).")
+    limit: int | None = Field(None, ge=10, description="Older, blunt option: a stratified "
+                              "subsample of at most N rows of ALL the data, before splitting "
+                              "(a given test split shrinks too). Prefer train_limit / "
+                              "eval_limit; cannot be combined with them.")
+    train_limit: int | None = Field(None, gt=0, description="At most this many texts in train "
+                                    "+ val together (stratified, seeded); the test split is "
+                                    "unchanged, a given one stays whole.")
+    eval_limit: int | None = Field(None, gt=0, description="At most this many test texts "
+                                   "(stratified, seeded); off by default.")
+    name: str | None = Field(None, min_length=1, max_length=200, description="The dataset's "
+                             "name in logs and the report (default: the file or directory "
+                             "name).")
     max_length: int = Field(128, ge=8, le=512, description="Tokens per text (truncation).")
+
+    @model_validator(mode="after")
+    def _one_kind_of_limit(self) -> TextDataConfig:
+        if self.limit is not None and (self.train_limit is not None
+                                       or self.eval_limit is not None):
+            raise ValueError("limit cannot be combined with train_limit / eval_limit (limit "
+                             "subsamples all data, test split included); use train_limit and "
+                             "eval_limit")
+        return self
 
 
 class ScratchConfig(_Strict):

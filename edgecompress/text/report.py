@@ -10,6 +10,7 @@ from typing import Any
 def text_report_body(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``dataset``, ``teacher`` and ``student`` of a finished text run's report.json."""
     m = manifests
+    data = m["data"]
     t_sum = m["teacher"]["summary"]
     pruned = m["prune"].get("enabled", False)
     s_sum = m["prune"]["summary"] if pruned else m["distill"]["summary"]
@@ -17,9 +18,12 @@ def text_report_body(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     teacher_acc = m["teacher"]["test_accuracy"]
     export = m["export"]
     return {
-        "dataset": {"name": m["data"]["name"], "eval_samples": m["data"]["test"],
-                    "num_classes": len(m["data"]["classes"]), "classes": m["data"]["classes"],
-                    "input_shape": None},
+        "dataset": {**{k: v for k, v in data.items()
+                       if k in ("name", "source", "path", "rows", "streamed", "given_splits",
+                                "limit", "train_limit", "eval_limit")},
+                    "samples": {k: data[k] for k in ("train", "val", "test")},
+                    "eval_samples": data["test"], "num_classes": len(data["classes"]),
+                    "classes": data["classes"], "input_shape": None},
         "teacher": {"accuracy": teacher_acc, "params": t_sum["params"],
                     "encoder_params": t_sum["encoder_params"], "macs": t_sum["macs"],
                     "layers": t_sum["layers"], "size_bytes": export["teacher"]["size_bytes"],

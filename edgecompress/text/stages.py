@@ -57,7 +57,7 @@ class TeacherStage(Stage):
         cfg, b = ctx.recipe.teacher, ctx.bundle
         id2label = dict(enumerate(b.classes))
         if cfg.scratch is not None:
-            model, tokenizer = scratch_teacher(cfg.scratch, b.train.texts, b.classes,
+            model, tokenizer = scratch_teacher(cfg.scratch, b.train.texts.chunks(), b.classes,
                                                ctx.recipe.data.max_length, ctx.recipe.seed)
         else:
             model, tokenizer = load_hf(cfg.path, num_labels=b.num_classes,
@@ -167,7 +167,7 @@ class TextPruneStage(Stage):
         teacher = load_run_model(ctx.teacher_dir)
         student = load_run_model(ctx.run_dir / "distill" / "model")
         before = model_summary(student)
-        ids, mask = collate(ctx.encoded("val").ids[:4], ctx.pad_id)
+        ids, mask = collate(ctx.encoded("val").head(4), ctx.pad_id)
         plan = prune_student(student, cfg, {"input_ids": ids, "attention_mask": mask})
         metrics: dict[str, Any] = {"enabled": True, **plan, "summary_before": before,
                                    "accuracy_pruned": accuracy(student, ctx.encoded("test"),

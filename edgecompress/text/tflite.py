@@ -71,11 +71,16 @@ def check_tflite_parity(path: Path, model: nn.Module, feed: dict[str, np.ndarray
             "size_bytes": Path(path).stat().st_size}
 
 
-def tflite_accuracy(runner: Any, ids: list[list[int]], labels: np.ndarray, pad_id: int,
-                    seq_len: int) -> tuple[float, np.ndarray]:
-    """Test accuracy and logits of a TFLite runner on texts padded/truncated to ``seq_len``."""
-    logits = runner.run(padded_feed(ids, pad_id, seq_len))
-    return float((logits.argmax(1) == labels).mean()), logits
+def tflite_accuracy(runner: Any, data: Any, pad_id: int, seq_len: int, batch: int = 64
+                    ) -> tuple[float, np.ndarray]:
+    """Test accuracy and logits of a TFLite runner on ``data`` (an
+    :class:`~edgecompress.text.data.Encoded` split), texts padded/truncated to ``seq_len``,
+    ``batch`` texts read at a time."""
+    logits = np.concatenate([
+        runner.run(padded_feed(data.take(np.arange(start, min(start + batch, len(data)))),
+                               pad_id, seq_len))
+        for start in range(0, len(data), batch)])
+    return float((logits.argmax(1) == data.labels).mean()), logits
 
 
 def tflite_seq_lens(ctx: Any) -> list[int]:
@@ -107,7 +112,7 @@ def write_tflite_engines(ctx: Any, model: nn.Module, role: str, out_dir: Path,
     data = ctx.encoded("test")
     for seq_len in lengths:
         path = export_text_tflite(model, seq_len, tflite_path(out_dir, role, seq_len))
-        feed = padded_feed(data.ids[:ctx.recipe.export.parity_samples], ctx.pad_id, seq_len)
+        feed = padded_feed(data.head(ctx.recipe.export.parity_samples), ctx.pad_id, seq_len)
         check = check_tflite_parity(path, model, feed, ctx.recipe.export.atol, role)
         metrics[role].setdefault("tflite", {})[str(seq_len)] = check
         outputs[f"{role}_tflite_s{seq_len}"] = path

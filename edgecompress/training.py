@@ -1,4 +1,5 @@
-"""The one supervised training loop used by fine-tuning and distillation.
+"""The one supervised training loop (:func:`fit`), used by every model family's fine-tuning
+and distillation; :func:`train` feeds it images.
 
 It reads a split's images as an array or as a stream (``ImageStream``: decoded per batch in
 DataLoader workers, random train transforms applied), shards each epoch's permutation across
@@ -18,7 +19,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,13 +184,110 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+def fit(model: nn.Module, trainable: nn.Module, *, epochs: int, steps_per_epoch: int,
+        epoch_batches: Callable[[int], Iterable[Any]],
+        step_loss: Callable[[nn.Module, Any], tuple[torch.Tensor, int]],
+        evaluate: Callable[[], float], optimizer: torch.optim.Optimizer, scheduler: Any,
+        dist_info: DistInfo, desc: str, patience: int | None = None,
+        clip_norm: float | None = None,
+        on_epoch_start: Callable[[int], None] | None = None,
+        set_mode: Callable[[nn.Module, bool], Any] | None = None,
+        candidate: Callable[[], bool] | None = None, ties_win: bool = False) -> TrainResult:
+    """The one training loop of every model family: epochs of optimizer steps, the best epoch
+    on validation kept, early stopping, DDP under torchrun, progress bar or progress log lines.
+
+    What differs per family comes in as callables, so images, token batches or anything else
+    train through the same code:
+
+    Args:
+        model: whose validation score selects the best epoch and whose ``state_dict`` is kept
+            (loaded back at the end).
+        trainable: the module holding the trained parameters (``model`` plus e.g. learned
+            projections); wrapped in DistributedDataParallel when ``dist_info`` is distributed.
+        epoch_batches: ``epoch`` (0-based) -> the epoch's batches, about ``steps_per_epoch``
+            of them, this rank's share only.
+        step_loss: ``(wrapped trainable, batch) -> (loss, samples in the batch)``.
+        evaluate: the validation score after an epoch (higher is better; all ranks agree).
+        scheduler: stepped after every optimizer step.
+        patience: stop after this many epochs without a better score (None: never).
+        clip_norm: clip the gradients' global norm to this (None: no clipping).
+        on_epoch_start: called with the epoch index before each epoch (layer-wise unfreezing).
+        set_mode: ``(module, training)``; default ``module.train(training)`` (a QAT graph
+            exported by PT2E refuses ``.train()`` and brings its own).
+        candidate: whether the epoch just finished may be kept (QAT: only once its ranges are
+            frozen); default every epoch. With no candidate epoch the last weights stay.
+        ties_win: a later epoch with an equal score replaces the kept one.
+    """
+    device = dist_info.device
+    set_mode = set_mode or (lambda module, training: module.train(training))
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    wrapped: nn.Module = trainable
+    best = TrainResult(best_state=copy.deepcopy(model.state_dict()), best_val_accuracy=-1.0,
+                       best_epoch=-1, epochs_run=0)
+    show = progress_enabled() and dist_info.is_main
+    progress = ProgressLog(desc, epochs * steps_per_epoch, enabled=dist_info.is_main and not show)
+    bad_epochs = 0
+    for epoch in range(epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
+        if dist_info.distributed and (epoch == 0 or on_epoch_start is not None):
+            # DDP syncs only the parameters that require grad when it is built, so rebuild it
+            # whenever on_epoch_start may have unfrozen some (cheap: it broadcasts from rank 0).
+            wrapped = nn.parallel.DistributedDataParallel(
+                trainable, device_ids=[device.index] if device.type == "cuda" else None)
+        set_mode(trainable, True)
+        total, count = 0.0, 0
+        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
+                   disable=not show, unit="batch")
+        for batch in epoch_batches(epoch):
+            bar.update(1)
+            loss, n = step_loss(wrapped, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip_norm)
+            optimizer.step()
+            scheduler.step()
+            total += float(loss.detach()) * n
+            count += n
+            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
+            progress.step(epoch + 1, epochs, total / max(count, 1))
+        bar.close()
+        train_loss = all_reduce_mean(total / max(count, 1), device)
+        val_acc = evaluate()
+        best.history.append({"epoch": epoch + 1, "train_loss": train_loss,
+                             "val_accuracy": val_acc})
+        best.epochs_run = epoch + 1
+        if dist_info.is_main:
+            logger.info("%s epoch %d/%d: loss %.4f, val acc %.4f", desc, epoch + 1, epochs,
+                        train_loss, val_acc)
+        if (candidate is None or candidate()) and (
+                val_acc > best.best_val_accuracy
+                or (ties_win and val_acc == best.best_val_accuracy)):
+            best.best_val_accuracy = val_acc
+            best.best_epoch = epoch + 1
+            best.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            bad_epochs = 0
+        else:
+            bad_epochs += 1
+            if patience is not None and bad_epochs >= patience:
+                if dist_info.is_main:
+                    logger.info("%s: early stop after epoch %d (best %d, val acc %.4f)", desc,
+                                epoch + 1, best.best_epoch, best.best_val_accuracy)
+                break
+    if best.best_epoch > 0:
+        model.load_state_dict(best.best_state)
+    return best
+
+
 def train(model: nn.Module, trainable: nn.Module, loss_fn: LossFn, *,
           x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
           epochs: int, lr: float, weight_decay: float, batch_size: int, patience: int,
           seed: int, dist_info: DistInfo, desc: str,
           on_epoch_start: Callable[[int], None] | None = None,
           augment: bool = True) -> TrainResult:
-    """Train ``trainable`` (which contains ``model``) with AdamW + one-cycle LR and early stopping.
+    """Train ``trainable`` (which contains ``model``) on images with AdamW + one-cycle LR and
+    early stopping, through :func:`fit`.
 
     Args:
         model: the classifier whose validation accuracy selects the best epoch and whose
@@ -204,72 +302,33 @@ def train(model: nn.Module, trainable: nn.Module, loss_fn: LossFn, *,
     """
     device = dist_info.device
     trainable.to(device)
-    wrapped: nn.Module = trainable
-    params = list(trainable.parameters())
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(list(trainable.parameters()), lr=lr,
+                                  weight_decay=weight_decay)
     n = len(x_train)
     per_rank = n // dist_info.world_size
     steps_per_epoch = max(1, math.ceil(per_rank / batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=lr, total_steps=epochs * steps_per_epoch, pct_start=0.15)
     y_all = torch.from_numpy(y_train)
-    best = TrainResult(best_state=copy.deepcopy(model.state_dict()), best_val_accuracy=-1.0,
-                       best_epoch=-1, epochs_run=0)
-    show = progress_enabled() and dist_info.is_main
-    progress = ProgressLog(desc, epochs * steps_per_epoch, enabled=dist_info.is_main and not show)
-    bad_epochs = 0
-    for epoch in range(epochs):
-        if on_epoch_start is not None:
-            on_epoch_start(epoch)
-        if dist_info.distributed and (epoch == 0 or on_epoch_start is not None):
-            # DDP syncs only the parameters that require grad when it is built, so rebuild it
-            # whenever on_epoch_start may have unfrozen some (cheap: it broadcasts from rank 0).
-            wrapped = nn.parallel.DistributedDataParallel(
-                trainable, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         # Same permutation on every rank (seeded by epoch), each rank takes its own stride.
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         perm = torch.randperm(n, generator=gen)[: per_rank * dist_info.world_size]
         mine = perm[dist_info.rank::dist_info.world_size]
-        trainable.train()
-        total, count = 0.0, 0
-        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{epochs}", leave=False,
-                   disable=not show, unit="batch")
         steps = [mine[s * batch_size:(s + 1) * batch_size] for s in range(steps_per_epoch)]
         steps = [idx for idx in steps if len(idx)]
         images = iter_batches(x_train, [idx.numpy() for idx in steps], train=augment)
-        for idx, batch in zip(steps, images, strict=True):
-            bar.update(1)
-            xb = torch.from_numpy(np.ascontiguousarray(batch)).to(device)
-            yb = y_all[idx].to(device)
-            loss = loss_fn(wrapped, xb, yb, idx)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-            bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
-            progress.step(epoch + 1, epochs, total / max(count, 1))
-        bar.close()
-        train_loss = all_reduce_mean(total / max(count, 1), device)
-        val_acc = all_reduce_mean(accuracy(model, x_val, y_val, device), device)
-        best.history.append({"epoch": epoch + 1, "train_loss": train_loss,
-                             "val_accuracy": val_acc})
-        best.epochs_run = epoch + 1
-        if dist_info.is_main:
-            logger.info("%s epoch %d/%d: loss %.4f, val acc %.4f", desc, epoch + 1, epochs,
-                        train_loss, val_acc)
-        if val_acc > best.best_val_accuracy:
-            best.best_val_accuracy = val_acc
-            best.best_epoch = epoch + 1
-            best.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            bad_epochs = 0
-        else:
-            bad_epochs += 1
-            if bad_epochs >= patience:
-                if dist_info.is_main:
-                    logger.info("%s: early stop after epoch %d (best %d, val acc %.4f)", desc,
-                                epoch + 1, best.best_epoch, best.best_val_accuracy)
-                break
-    model.load_state_dict(best.best_state)
-    return best
+        return zip(steps, images, strict=True)
+
+    def step_loss(module: nn.Module, batch: tuple[torch.Tensor, np.ndarray]
+                  ) -> tuple[torch.Tensor, int]:
+        idx, images = batch
+        xb = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        return loss_fn(module, xb, y_all[idx].to(device), idx), len(idx)
+
+    return fit(model, trainable, epochs=epochs, steps_per_epoch=steps_per_epoch,
+               epoch_batches=epoch_batches, step_loss=step_loss,
+               evaluate=lambda: all_reduce_mean(accuracy(model, x_val, y_val, device), device),
+               optimizer=optimizer, scheduler=scheduler, dist_info=dist_info, desc=desc,
+               patience=patience, on_epoch_start=on_epoch_start)

@@ -9,7 +9,6 @@ never move the quantization ranges.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from dataclasses import dataclass, field
@@ -87,8 +86,9 @@ def qat_finetune(prepared: nn.Module, *, x_train: np.ndarray, y_train: np.ndarra
     BN uses its running statistics), which is what makes the last QAT steps see the same numerics
     as the converted model. The best validation epoch (after freezing) is kept.
     """
+    from edgecompress.distributed import DistInfo
     from edgecompress.stages.losses import distillation_loss
-    from edgecompress.training import progress_enabled
+    from edgecompress.training import fit, iter_batches
 
     pt2e = _pt2e()
     n = len(x_train)
@@ -100,55 +100,47 @@ def qat_finetune(prepared: nn.Module, *, x_train: np.ndarray, y_train: np.ndarra
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total))
     gen = torch.Generator().manual_seed(seed)
-    from edgecompress.training import iter_batches
-
     yt = torch.from_numpy(y_train).long()
-    step, obs_at, bn_at = 0, None, None
-    best = (-1.0, -1, copy.deepcopy(prepared.state_dict()))
-    history = []
-    bar = None
-    if progress_enabled():
-        from tqdm import tqdm
+    state: dict[str, int | None] = {"step": 0, "obs_at": None, "bn_at": None}
 
-        bar = tqdm(total=total, desc=desc, unit="step", leave=False)
-    for epoch in range(epochs):
+    def epoch_batches(_epoch: int):
         order = torch.randperm(n, generator=gen)
         # No random train transforms: the teacher's logits were computed on the plain images.
         images = iter_batches(x_train, [order[i:i + batch_size].numpy()
                                         for i in range(0, n, batch_size)])
-        for start, batch in zip(range(0, n, batch_size), images, strict=True):
-            if obs_at is None and step >= freeze_obs:
-                prepared.apply(pt2e.disable_observer)
-                obs_at = step
-            if bn_at is None and step >= freeze_bn:
-                bn_at = step
-            # Train mode until BN is frozen; afterwards eval mode (running statistics).
-            (pt2e.move_exported_model_to_eval if bn_at is not None
-             else pt2e.move_exported_model_to_train)(prepared)
-            idx = order[start:start + batch_size]
-            logits = prepared(torch.from_numpy(np.ascontiguousarray(batch)))
-            loss = distillation_loss(logits, None if teacher_logits is None
-                                     else teacher_logits[idx], yt[idx], alpha=alpha,
-                                     temperature=temperature)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            step += 1
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        val = accuracy_of(prepared, x_val, y_val)
-        history.append({"epoch": epoch + 1, "val_accuracy": val, "loss": float(loss.item())})
-        logger.info("%s epoch %d/%d: val accuracy %.4f", desc, epoch + 1, epochs, val)
-        # Only epochs that ended with frozen ranges are candidates: earlier states would be
-        # converted with ranges that were still moving.
-        if obs_at is not None and val >= best[0]:
-            best = (val, epoch + 1, copy.deepcopy(prepared.state_dict()))
-    if bar is not None:
-        bar.close()
-    if best[1] > 0:
-        prepared.load_state_dict(best[2])
+        return ((order[start:start + batch_size], batch)
+                for start, batch in zip(range(0, n, batch_size), images, strict=True))
+
+    def step_loss(module: nn.Module, batch: tuple[torch.Tensor, np.ndarray]
+                  ) -> tuple[torch.Tensor, int]:
+        idx, images = batch
+        if state["obs_at"] is None and state["step"] >= freeze_obs:
+            module.apply(pt2e.disable_observer)
+            state["obs_at"] = state["step"]
+        if state["bn_at"] is None and state["step"] >= freeze_bn:
+            state["bn_at"] = state["step"]
+        # Train mode until BN is frozen; afterwards eval mode (running statistics).
+        (pt2e.move_exported_model_to_eval if state["bn_at"] is not None
+         else pt2e.move_exported_model_to_train)(module)
+        state["step"] += 1
+        logits = module(torch.from_numpy(np.ascontiguousarray(images)))
+        loss = distillation_loss(logits, None if teacher_logits is None else teacher_logits[idx],
+                                 yt[idx], alpha=alpha, temperature=temperature)
+        return loss, len(idx)
+
+    # Only epochs that ended with frozen ranges are candidates: earlier states would be
+    # converted with ranges that were still moving.
+    result = fit(prepared, prepared, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                 epoch_batches=epoch_batches, step_loss=step_loss,
+                 evaluate=lambda: accuracy_of(prepared, x_val, y_val), optimizer=optimizer,
+                 scheduler=schedule, desc=desc,
+                 dist_info=DistInfo(rank=0, world_size=1, local_rank=0,
+                                    device=torch.device("cpu")),
+                 set_mode=lambda module, training: None,  # step_loss switches per step
+                 candidate=lambda: state["obs_at"] is not None, ties_win=True)
     pt2e.move_exported_model_to_eval(prepared)
-    return QatResult(best_val_accuracy=best[0], best_epoch=best[1], steps=step,
-                     observers_frozen_at=obs_at, bn_frozen_at=bn_at, history=history)
+    history = [{"epoch": h["epoch"], "val_accuracy": h["val_accuracy"], "loss": h["train_loss"]}
+               for h in result.history]
+    return QatResult(best_val_accuracy=result.best_val_accuracy, best_epoch=result.best_epoch,
+                     steps=int(state["step"]), observers_frozen_at=state["obs_at"],
+                     bn_frozen_at=state["bn_at"], history=history)

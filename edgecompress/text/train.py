@@ -1,14 +1,15 @@
-"""Training loops of the text path: fine-tuning (hard labels) and distillation (any loss mix).
+"""What the text family gives the shared training loop (:func:`edgecompress.training.fit`):
+token batches, the forward pass and loss (cross-entropy, or the distillation loss mix), the
+validation accuracy, and the usual BERT schedule (AdamW, linear warm-up then linear decay,
+gradients clipped to norm 1).
 
-AdamW with linear warm-up then linear decay (the usual BERT schedule); after each epoch the
-validation accuracy decides which weights are kept, so a late, worse epoch never wins. Without a
-terminal a log line comes at least every ~30 s (step, loss, elapsed, ETA; see
-:class:`edgecompress.training.ProgressLog`): fine-tuning a real encoder takes many minutes.
+The loop keeps the best validation epoch (a late, worse epoch never wins) and shows a progress
+bar on a terminal or a log line at least every ~30 s without one: fine-tuning a real encoder
+takes many minutes.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
@@ -19,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgecompress.distributed import DistInfo
 from edgecompress.text.data import Encoded, batches
 from edgecompress.text.losses import TextDistillLoss
-from edgecompress.training import ProgressLog
+from edgecompress.training import fit
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +68,8 @@ def _schedule(optimizer: torch.optim.Optimizer, total: int, warmup_fraction: flo
 def train(model: nn.Module, train_data: Encoded, val_data: Encoded, cfg: Any, pad_id: int,
           *, seed: int, teacher: nn.Module | None = None, loss_fn: TextDistillLoss | None = None,
           label: str = "train", forward=None, set_mode=None) -> dict[str, Any]:
-    """Train ``model`` in place and load its best-validation weights back.
+    """Train ``model`` in place through the shared loop (:func:`edgecompress.training.fit`)
+    and load its best-validation weights back.
 
     Without ``teacher`` the loss is cross-entropy on the labels; with it, ``loss_fn``.
     ``forward(model, ids, mask, **kw)`` overrides how the student is called and
@@ -80,57 +83,49 @@ def train(model: nn.Module, train_data: Encoded, val_data: Encoded, cfg: Any, pa
     if loss_fn is not None:
         loss_fn.to(device)  # learned projections live with the student
     if teacher is not None:
-        teacher.to(device)
+        teacher.to(device).eval()
     params = list(model.parameters()) + (list(loss_fn.parameters()) if loss_fn else [])
     optimizer = torch.optim.AdamW([p for p in params if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    steps = max(1, cfg.epochs * math.ceil(len(train_data) / cfg.batch_size))
-    scheduler = _schedule(optimizer, steps, cfg.warmup_fraction)
+    steps_per_epoch = max(1, math.ceil(len(train_data) / cfg.batch_size))
+    scheduler = _schedule(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
     forward = forward or (lambda m, ids, mask, **kw: m(input_ids=ids, attention_mask=mask, **kw))
     set_mode = set_mode or (lambda m, training: m.train(training))
     want = {}
     if loss_fn is not None:
         want = {"output_hidden_states": loss_fn.needs_hidden,
                 "output_attentions": loss_fn.needs_attention}
-    best_acc, best_state, best_epoch, history = -1.0, None, 0, []
-    start = time.perf_counter()
-    progress = ProgressLog(f"[{label}]", steps)
-    if teacher is not None:
-        teacher.eval()
-    for epoch in range(1, cfg.epochs + 1):
-        set_mode(model, True)
-        total, n = 0.0, 0
-        for ids, mask, labels in batches(train_data, cfg.batch_size, pad_id, shuffle=True,
-                                         seed=seed * 1000 + epoch):
-            ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-            s_out = forward(model, ids, mask, **want)
-            if teacher is None:
-                loss = F.cross_entropy(s_out.logits, labels)
-            else:
-                with torch.no_grad():
-                    t_out = teacher(input_ids=ids, attention_mask=mask, **want)
-                loss, _ = loss_fn(s_out, t_out, labels, mask)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            scheduler.step()
-            total, n = total + float(loss.detach()) * len(labels), n + len(labels)
-            progress.step(epoch, cfg.epochs, total / max(n, 1))
+
+    def step_loss(module: nn.Module, batch: tuple[torch.Tensor, ...]
+                  ) -> tuple[torch.Tensor, int]:
+        ids, mask, labels = (t.to(device) for t in batch)
+        s_out = forward(module, ids, mask, **want)
+        if teacher is None:
+            return F.cross_entropy(s_out.logits, labels), len(labels)
+        with torch.no_grad():
+            t_out = teacher(input_ids=ids, attention_mask=mask, **want)
+        return loss_fn(s_out, t_out, labels, mask)[0], len(labels)
+
+    def evaluate() -> float:
         set_mode(model, False)
-        val_acc = _val_accuracy(model, val_data, pad_id, forward)
-        history.append({"epoch": epoch, "loss": round(total / max(n, 1), 5),
-                        "val_accuracy": round(val_acc, 5)})
-        logger.info("[%s] epoch %d/%d loss %.4f val acc %.4f", label, epoch, cfg.epochs,
-                    total / max(n, 1), val_acc)
-        if val_acc > best_acc:
-            best_acc, best_epoch = val_acc, epoch
-            best_state = copy.deepcopy(model.state_dict())
-    if best_state is not None:
-        model.load_state_dict(best_state)
+        return _val_accuracy(model, val_data, pad_id, forward)
+
+    start = time.perf_counter()
+    result = fit(model, model, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch,
+                 epoch_batches=lambda epoch: batches(train_data, cfg.batch_size, pad_id,
+                                                     shuffle=True, seed=seed * 1000 + epoch + 1),
+                 step_loss=step_loss, evaluate=evaluate, optimizer=optimizer,
+                 scheduler=scheduler, dist_info=_single_process(device), desc=f"[{label}]",
+                 clip_norm=1.0, set_mode=set_mode)
     set_mode(model, False)
-    return {"best_epoch": best_epoch, "val_accuracy": best_acc, "history": history,
-            "seconds": round(time.perf_counter() - start, 2)}
+    history = [{"epoch": h["epoch"], "loss": round(h["train_loss"], 5),
+                "val_accuracy": round(h["val_accuracy"], 5)} for h in result.history]
+    return {"best_epoch": max(result.best_epoch, 0), "val_accuracy": result.best_val_accuracy,
+            "history": history, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _single_process(device: torch.device) -> DistInfo:
+    return DistInfo(rank=0, world_size=1, local_rank=0, device=device)
 
 
 @torch.no_grad()

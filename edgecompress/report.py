@@ -94,6 +94,11 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def pct(value: Any) -> str:
+    """An accuracy (a fraction in report.json) as a percentage, as every table shows it."""
+    return "-" if value is None else f"{100 * value:.2f} %"
+
+
 def _models_section(report: dict[str, Any]) -> list[str]:
     t, s = report.get("teacher"), report.get("student")
     if not t or not s or s.get("accuracy_fp32") is None:
@@ -109,21 +114,21 @@ def _models_section(report: dict[str, Any]) -> list[str]:
     unpruned_size = "-" if prune.get("enabled") else _size(s.get("size_bytes"))
     lines = ["## Models (teacher -> distilled -> pruned -> int8)", "",
              "| model | test accuracy | params | MACs | size |", "|---|---:|---:|---:|---:|",
-             f"| teacher | {_fmt(t['accuracy'])} | {t['params']:,} | {t['macs']:,} | "
+             f"| teacher | {pct(t['accuracy'])} | {t['params']:,} | {t['macs']:,} | "
              f"{_size(t.get('size_bytes'))} |",
-             f"| student (distilled) | {_fmt(distilled)} | {params0:,} | {macs0:,} | "
+             f"| student (distilled) | {pct(distilled)} | {params0:,} | {macs0:,} | "
              f"{unpruned_size} |"]
     if s.get("baseline_accuracy_fp32") is not None:
-        lines.append(f"| student (hard labels only) | {_fmt(s['baseline_accuracy_fp32'])} | "
+        lines.append(f"| student (hard labels only) | {pct(s['baseline_accuracy_fp32'])} | "
                      f"{params0:,} | {macs0:,} | - |")
     if prune.get("enabled"):
         source = ("hard labels" if (report.get("distillation") or {}).get("kept") == "baseline"
                   else "distilled")
-        lines.append(f"| student ({source}, pruned) | {_fmt(s['accuracy_fp32'])} | "
+        lines.append(f"| student ({source}, pruned) | {pct(s['accuracy_fp32'])} | "
                      f"{s['params']:,} | {s['macs']:,} | {_size(s.get('size_bytes'))} |")
     # The int8 step: the deployed engines (accuracy of the engine itself on the test split).
     lines += [f"| student int8 ({row['model'].split('(')[-1].rstrip(')')}, "
-              f"{row['size_what']}) | {_fmt(row['accuracy'])} | {s['params']:,} | "
+              f"{row['size_what']}) | {pct(row['accuracy'])} | {s['params']:,} | "
               f"{s['macs']:,} | {_size(row['size_bytes'])} |"
               for row in model_ladder(report) if row["step"] == "int8"]
     lines += ["", "FP32 rows: PyTorch; size: the exported FP32 ONNX (the unpruned student of a "
@@ -165,9 +170,9 @@ def distillation_sentence(block: dict[str, Any]) -> str:
     d, b = block["distilled"], block["baseline"]
     kept = ("the **distilled** student" if block["kept"] == "distilled"
             else "the **hard-label** student (distillation did not pay on validation)")
-    return (f"Carried forward: {kept}. Validation: distilled {_fmt(d['val_accuracy'])} vs "
-            f"hard-label {_fmt(b['val_accuracy'])} ({block['val_gain_pp']:+.2f} pp); test: "
-            f"{_fmt(d['test_accuracy'])} vs {_fmt(b['test_accuracy'])} "
+    return (f"Carried forward: {kept}. Validation: distilled {pct(d['val_accuracy'])} vs "
+            f"hard-label {pct(b['val_accuracy'])} ({block['val_gain_pp']:+.2f} pp); test: "
+            f"{pct(d['test_accuracy'])} vs {pct(b['test_accuracy'])} "
             f"({block['gain_pp']:+.2f} pp). Settings: {setting}.")
 
 
@@ -184,7 +189,7 @@ def _distillation_section(report: dict[str, Any]) -> list[str]:
                   "| loss | T | alpha | val accuracy | |", "|---|---:|---:|---:|---|"]
         keys = ("loss", "temperature", "alpha")
         lines += [f"| {c['loss']} | {c['temperature']:g} | {c['alpha']:g} | "
-                  f"{_fmt(c['val_accuracy'])} | "
+                  f"{pct(c['val_accuracy'])} | "
                   f"{'chosen' if all(c[k] == chosen[k] for k in keys) else ''} |"
                   for c in search["candidates"]]
         lines.append("")
@@ -234,10 +239,10 @@ def _int8_section(report: dict[str, Any]) -> list[str]:
             mode, choice = quant["mode"], p.get("qat_vs_ptq")
             if choice:
                 mode = (f"qat, {choice['kept'].upper()} kept (val: QAT "
-                        f"{_fmt(choice['qat_val_accuracy'])}, PTQ "
-                        f"{_fmt(choice['ptq_val_accuracy'])})")
-            lines.append(f"| {name} | {mode} | {_fmt(p.get('test_accuracy'))} | "
-                         f"{_fmt(quant.get('fp32_test_accuracy'))} | "
+                        f"{pct(choice['qat_val_accuracy'])}, PTQ "
+                        f"{pct(choice['ptq_val_accuracy'])})")
+            lines.append(f"| {name} | {mode} | {pct(p.get('test_accuracy'))} | "
+                         f"{pct(quant.get('fp32_test_accuracy'))} | "
                          f"{_fmt(p.get('test_drop_vs_fp32_pp'), '.2f')} | "
                          f"{len(p.get('layers_quantized') or [])} | "
                          f"{', '.join(p.get('fp32_layers') or []) or '-'} |")
@@ -321,7 +326,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lat, tlat = e["latency_ms"], e.get("teacher_latency_ms") or {}
         label = f"{e['name']} ({e['note']})" if e.get("note") else e["name"]
         lines.append(f"| {label} | {e['backend']} | {e['precision']} | ok | "
-                     f"{_fmt(e.get('accuracy'))} | {_fmt(e.get('accuracy_drop'), '.2f')} | "
+                     f"{pct(e.get('accuracy'))} | {_fmt(e.get('accuracy_drop'), '.2f')} | "
                      f"{_fmt(lat['p50'], '.3f')} | {_fmt(lat['p90'], '.3f')} | "
                      f"{_fmt(lat['p99'], '.3f')} | {_fmt(tlat.get('p50'), '.3f')} | "
                      f"{_speedup(e.get('speedup_vs_teacher'))} | {_size(e.get('size_bytes'))} |")

@@ -163,8 +163,8 @@ def test_markdown_and_html_say_which_student_was_kept():
     md = render_markdown(report)
     assert "## Distillation" in md
     assert "Carried forward: the **hard-label** student" in md
-    assert "distilled 0.9000 vs hard-label 0.9200 (-2.00 pp)" in md
-    assert "| kd | 4 | 0.5 | 0.9000 | chosen |" in md
+    assert "distilled 90.00 % vs hard-label 92.00 % (-2.00 pp)" in md
+    assert "| kd | 4 | 0.5 | 90.00 % | chosen |" in md
     assert "| run | distillation_gain | failed | -0.5 | 0 |" in md
     page = _distillation_html(report)
     assert "Carried forward: the hard-label student" in page and "<td class=n>88.0 %</td>" in page

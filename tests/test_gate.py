@@ -162,8 +162,8 @@ def test_models_table_shows_the_unpruned_and_pruned_student(prune_metrics):
     report = make_report()
     report["stages"] = [{"name": "prune", "seconds": 1.0, "metrics": prune_metrics}]
     md = render_markdown(report)
-    assert "| student (distilled) | 0.9500 | 400 | 4,000 |" in md
-    assert "| student (distilled, pruned) | 0.9500 | 100 | 1,000 |" in md
+    assert "| student (distilled) | 95.00 % | 400 | 4,000 |" in md
+    assert "| student (distilled, pruned) | 95.00 % | 100 | 1,000 |" in md
 
 
 def test_models_table_names_the_distillation_gain_only_when_a_baseline_ran():

@@ -205,14 +205,14 @@ def test_report_md_tells_the_same_story():
     from edgecompress.report import render_markdown
 
     md = render_markdown(image_story_report())
-    assert "| teacher | 0.9700 | 1,000 | 10,000 | 2,000,000 B |" in md
-    assert "| student (distilled, pruned) | 0.9500 | 100 | 1,000 | 100,000 B |" in md
-    assert "| student int8 (cpu-int8, onnxruntime engine) | 0.9300 | 100 | 1,000 | 30,000 B |" in md
+    assert "| teacher | 97.00 % | 1,000 | 10,000 | 2,000,000 B |" in md
+    assert "| student (distilled, pruned) | 95.00 % | 100 | 1,000 | 100,000 B |" in md
+    assert "| student int8 (cpu-int8, onnxruntime engine) | 93.00 % | 100 | 1,000 | 30,000 B |" in md
     assert "Accuracy criterion (ort-x86-avx2, max drop 2 pp on validation) met: FP32 [none]: " \
            "drop 6.00 pp; FP32 [stem.0]: drop 1.50 pp." in md
     assert "Environment: x86_64 ISA avx2; 2 logical cores; 1 torch threads; Python 3.11; " \
            "onnxruntime 1.32.0, torch 2.13.0." in md
     text = render_markdown(text_story_report())
-    assert "| student (distilled) | 0.9200 | 16,674 | 2,097,152 | - |" in text
+    assert "| student (distilled) | 92.00 % | 16,674 | 2,097,152 | - |" in text
     assert "Pruning kept: layer 0 attention 4 -> 2 heads; FFN (every layer) 64 -> 32 width." in text
     assert "Quantization: ptq_dynamic at export (PTQ; this family has no qat stage)." in text

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgecompress.report import pct
+
 
 def text_report_body(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """``dataset``, ``teacher`` and ``student`` of a finished text run's report.json."""
@@ -48,9 +50,9 @@ def text_markdown(report: dict[str, Any]) -> str:
              "| model | layers | encoder params | MACs (seq 128) | test accuracy |",
              "|---|---:|---:|---:|---:|",
              f"| teacher | {t['layers']} | {t['encoder_params']:,} | {t['macs']:,} | "
-             f"{t['accuracy']:.4f} |",
+             f"{pct(t['accuracy'])} |",
              f"| student | {s['layers']} (heads {s['heads']}, FFN {s['intermediate_size']}) | "
-             f"{s['encoder_params']:,} | {s['macs']:,} | {s['accuracy_fp32']:.4f} |", "",
+             f"{s['encoder_params']:,} | {s['macs']:,} | {pct(s['accuracy_fp32'])} |", "",
              f"Student encoder parameters: {100 * s['encoder_params_ratio']:.1f} % of the "
              f"teacher's; accuracy retained: {100 * (s['accuracy_retained'] or 0):.1f} %.", ""]
     fused = ", ".join(f"{role} {_fused_text(report[role].get('fused_ops'))}"
@@ -77,7 +79,7 @@ def _engines_table(t: dict[str, Any]) -> list[str]:
     def row(name: str, acc: float | None, size: int | None, lat: dict | None) -> str:
         p50 = lat.get("p50") if lat else None
         vs_ref = (ref["latency_ms"]["p50"] / p50) if (ref and p50) else None
-        return (f"| {name} | {_fmt(acc, '.4f')} | {_fmt(size and size / 1e6, '.1f')} | "
+        return (f"| {name} | {pct(acc)} | {_fmt(size and size / 1e6, '.1f')} | "
                 f"{_fmt(p50, '.2f')} | {_fmt(vs_ref, '.2f')} |")
 
     lines = [f"### {t['name']}: engines at seq_len {t.get('seq_len')}, "

@@ -19,8 +19,6 @@ The CLI's ``run`` and ``demo`` are thin layers over :func:`run_recipe`.
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -28,15 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from torch import nn
+from edgecompress.errors import ConfigError
+from edgecompress.families import family_for
+from edgecompress.live import live_model, merge_mapping, register_module
+from edgecompress.recipe import Recipe, recipe_to_dict
 
-from edgecompress.errors import ConfigError, DataError, ModelError
-from edgecompress.recipe import Recipe, parse_recipe, recipe_to_dict
-
-_LIVE: dict[str, nn.Module] = {}
-LIVE_FACTORY = "edgecompress.api:live_model"
-
+__all__ = ["CompressResult", "collect_result", "compress", "live_model", "register_module",
+           "run_recipe"]
 
 @dataclass
 class CompressResult:
@@ -67,90 +63,6 @@ class CompressResult:
     @property
     def report_html(self) -> Path:
         return self.run_dir / "report.html"
-
-
-def live_model(key: str) -> nn.Module:
-    """The factory behind live modules: a fresh deep copy of the module registered as ``key``."""
-    module = _LIVE.get(key)
-    if module is None:
-        raise ModelError(f"live module {key!r} is not registered in this process: it was passed "
-                         "to edgecompress.compress() in another Python process. Call compress() "
-                         "again with the same module to resume the run")
-    return copy.deepcopy(module)
-
-
-def register_module(module: nn.Module) -> dict[str, Any]:
-    """Register ``module`` for :func:`live_model`; returns the recipe model spec naming it."""
-    digest = hashlib.sha256(type(module).__qualname__.encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    key = f"{type(module).__name__}-{digest.hexdigest()[:16]}"
-    _LIVE[key] = copy.deepcopy(module).cpu()
-    return {"kind": "factory", "factory": LIVE_FACTORY, "kwargs": {"key": key}}
-
-
-def _model_spec(model: Any, role: str) -> dict[str, Any]:
-    if isinstance(model, nn.Module):
-        return register_module(model)
-    if isinstance(model, Mapping):
-        return dict(model)
-    if isinstance(model, (str, Path)):
-        path = Path(model)
-        kind = "export" if path.suffix == ".pt2" else "torchscript"
-        return {"kind": kind, "path": str(path)}
-    raise ConfigError(f"{role}: expected an nn.Module, a model spec dict or a .pt2/TorchScript "
-                      f"path, got {type(model).__name__}")
-
-
-def _as_arrays(data: Any, role: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` float32 NCHW / int64 from an ``(x, y)`` pair or a map-style Dataset of
-    ``(image, label)`` items."""
-    if isinstance(data, tuple) and len(data) == 2:
-        x, y = (np.asarray(getattr(a, "numpy", lambda a=a: a)()) for a in data)
-    else:
-        if not hasattr(data, "__len__") or not hasattr(data, "__getitem__"):
-            raise DataError(f"{role}: expected a map-style Dataset of (image, label) or an "
-                            f"(x, y) pair, got {type(data).__name__}")
-        items = [data[i] for i in range(len(data))]
-        if not items:
-            raise DataError(f"{role}: the dataset is empty")
-        try:
-            x = np.stack([np.asarray(item[0]) for item in items])
-            y = np.asarray([int(item[1]) for item in items])
-        except (TypeError, ValueError, IndexError) as err:
-            raise DataError(f"{role}: items must be (image, label) with images of one shape: "
-                            f"{err}") from None
-    if len(x) != len(y):
-        raise DataError(f"{role}: {len(x)} images but {len(y)} labels")
-    return x.astype(np.float32), y.astype(np.int64)
-
-
-def _write_data(train: Any, test: Any, inputs: Path) -> dict[str, Any]:
-    from edgecompress.io import atomic_path
-
-    x_train, y_train = _as_arrays(train, "train")
-    arrays = {"x": x_train, "y": y_train}
-    if test is not None:
-        x_test, y_test = _as_arrays(test, "test")
-        arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-    inputs.mkdir(parents=True, exist_ok=True)
-    path = inputs / "data.npz"
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
-    return {"source": "npz", "path": str(path)}
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """``extra`` over ``base``; nested mappings merge, everything else (lists too) replaces."""
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(dict(out[key]), value)
-        else:
-            out[key] = value
-    return out
 
 
 def _recipe_dict(recipe: Recipe | Mapping[str, Any] | str | Path | None
@@ -202,50 +114,16 @@ def compress(teacher: Any = None, student: Any = None, *, train: Any = None, tes
             missing runtime (BackendUnavailable), or a numeric mismatch (ParityError).
     """
     base, base_dir = _recipe_dict(recipe)
-    raw = _merge(base, sections)
+    raw = merge_mapping(base, sections)
     raw.setdefault("version", 1)
     out = Path(out)
-    if raw.get("task") == "text-classification":
-        return _compress_text(raw, base_dir, out, force, overwrite, teacher=teacher,
-                              student=student, targets=targets, data=[train, test])
-    if teacher is not None:
-        raw["teacher"] = _model_spec(teacher, "teacher")
-    if student is not None:
-        raw["student"] = _model_spec(student, "student")
+    family = family_for(raw)
+    raw = family.api_inputs(raw, teacher=teacher, student=student, train=train, test=test,
+                            inputs_dir=out.parent / f"{out.name}.inputs")
     if targets is not None:
         raw["targets"] = [dict(t) for t in targets]
-    if train is not None:
-        data = {k: v for k, v in (raw.get("data") or {}).items() if k not in ("source", "path")}
-        raw["data"] = {"name": "arrays passed to compress()", **data,
-                       **_write_data(train, test, out.parent / f"{out.name}.inputs")}
-    elif test is not None:
-        raise ConfigError("test data without train data: pass train= as well")
-    recipe_obj = parse_recipe(raw, source=str(recipe) if isinstance(recipe, (str, Path))
-                              else "compress()", base_dir=base_dir)
-    return run_recipe(recipe_obj, out, force=force, overwrite=overwrite)
-
-
-def _compress_text(raw: dict[str, Any], base_dir: Path | None, out: Path, force: str | None,
-                   overwrite: bool, *, teacher: Any, student: Any, targets: Any,
-                   data: list[Any]) -> CompressResult:
-    """A ``task: text-classification`` recipe (Hugging Face encoders) through the text path.
-    ``teacher``/``student`` given as dicts merge into the recipe's sections."""
-    for role, value in (("teacher", teacher), ("student", student)):
-        if isinstance(value, Mapping):
-            raw[role] = _merge(dict(raw.get(role) or {}), value)
-        elif value is not None:
-            raise ConfigError(f"text-classification: {role} must be a recipe section (dict "
-                              "naming a local Hugging Face directory); live modules are "
-                              "supported for image classification in this version")
-    if any(d is not None for d in data):
-        raise ConfigError("text-classification: give the data in the recipe's data section "
-                          "(CSV/TSV/JSONL); train=/test= take image data in this version")
-    if targets is not None:
-        raw["targets"] = [dict(t) for t in targets]
-    from edgecompress.families import get_family
-
-    recipe_obj = get_family("text-classification").parse_recipe(raw, source="compress()",
-                                                                base_dir=base_dir)
+    recipe_obj = family.parse_recipe(raw, source=str(recipe) if isinstance(recipe, (str, Path))
+                                     else "compress()", base_dir=base_dir)
     return run_recipe(recipe_obj, out, force=force, overwrite=overwrite)
 
 

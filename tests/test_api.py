@@ -69,15 +69,15 @@ def test_readme_text_example_runs(tmp_path, monkeypatch):
 
 
 def test_dataset_objects_become_arrays(tmp_path):
-    from edgecompress.api import _as_arrays
+    from edgecompress.live import as_arrays
 
     data = torch.utils.data.TensorDataset(torch.zeros(5, 1, 4, 4), torch.arange(5))
-    x, y = _as_arrays(data, "train")
+    x, y = as_arrays(data, "train")
     assert x.shape == (5, 1, 4, 4) and x.dtype == np.float32 and list(y) == [0, 1, 2, 3, 4]
     with pytest.raises(DataError, match="train: 3 images but 2 labels"):
-        _as_arrays((np.zeros((3, 1, 4, 4)), np.zeros(2)), "train")
+        as_arrays((np.zeros((3, 1, 4, 4)), np.zeros(2)), "train")
     with pytest.raises(DataError, match="train: expected a map-style Dataset"):
-        _as_arrays(42, "train")
+        as_arrays(42, "train")
 
 
 def test_bad_api_input_is_a_config_error(tmp_path):
@@ -101,3 +101,20 @@ def test_live_model_of_another_process_is_a_clear_error():
     assert register_module(module) == spec  # same weights, same key: runs resume
     with pytest.raises(ModelError, match="another Python process"):
         live_model("Linear-0000")
+
+
+def test_text_task_takes_sections_not_live_objects(tmp_path):
+    """The family decides what compress() accepts: the text family refuses live modules and
+    in-memory data before anything runs, naming the task."""
+    from torch import nn
+
+    import edgecompress
+
+    recipe = {"task": "text-classification", "data": {"path": "x.csv"},
+              "teacher": {"scratch": {}}}
+    with pytest.raises(ConfigError, match="text-classification: teacher must be a recipe "
+                                          "section .*Linear"):
+        edgecompress.compress(nn.Linear(2, 2), recipe=recipe, out=tmp_path / "r")
+    with pytest.raises(ConfigError, match="text-classification: give the data in the recipe"):
+        edgecompress.compress(recipe=recipe, train=([1], [0]), out=tmp_path / "r")
+    assert not (tmp_path / "r").exists()

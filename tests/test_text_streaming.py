@@ -14,9 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgecompress.errors import ConfigError, DataError
-from edgecompress.text.data import batches, encode, load_text_dataset
+from edgecompress.text.data import batches, encode, load_text_dataset, scan_texts
 from edgecompress.text.recipe import TextDataConfig, parse_text_recipe
-from edgecompress.text.sources import scan_texts
 
 # Texts as users' files hold them: quotes, delimiters, newlines inside fields, non-ASCII.
 TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x00")

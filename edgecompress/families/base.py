@@ -23,8 +23,11 @@ pruning, export and bench stages move behind this interface one at a time (see t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from edgecompress.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only (stages import torch)
     from edgecompress.distributed import DistInfo
@@ -66,6 +69,30 @@ class ModelFamily(ABC):
     @abstractmethod
     def recipe_to_dict(self, recipe: Any) -> dict[str, Any]:
         """The JSON-ready resolved recipe (``recipe.json``, stage config hashes)."""
+
+    def api_inputs(self, raw: dict[str, Any], *, teacher: Any, student: Any, train: Any,
+                   test: Any, inputs_dir: Path) -> dict[str, Any]:
+        """Fold :func:`edgecompress.compress`'s in-memory arguments into the raw recipe.
+
+        This default takes ``teacher``/``student`` as recipe sections (dicts merged over the
+        recipe's) and refuses live modules and in-memory data, naming the task; a family that
+        accepts them (the image family: ``nn.Module``s, arrays, ``Dataset``s) overrides it.
+        ``inputs_dir`` is where such inputs may be written (next to the run directory).
+        """
+        from edgecompress.live import merge_mapping
+
+        raw = dict(raw)
+        for role, value in (("teacher", teacher), ("student", student)):
+            if isinstance(value, Mapping):
+                raw[role] = merge_mapping(dict(raw.get(role) or {}), value)
+            elif value is not None:
+                raise ConfigError(f"{self.task}: {role} must be a recipe section (a dict); live "
+                                  f"modules ({type(value).__name__}) are accepted by "
+                                  f"image-classification only in this version")
+        if train is not None or test is not None:
+            raise ConfigError(f"{self.task}: give the data in the recipe's data section; "
+                              "train=/test= take image data in this version")
+        return raw
 
     def check_sources(self, recipe: Any) -> None:
         """Validate-time checks that need no data and no training: packages present, model ids

@@ -43,6 +43,27 @@ class ImageFamily(ModelFamily):
 
         return recipe_to_dict(recipe)
 
+    def api_inputs(self, raw: dict[str, Any], *, teacher: Any, student: Any, train: Any,
+                   test: Any, inputs_dir: Path) -> dict[str, Any]:
+        """Live ``nn.Module``s, ``.pt2``/TorchScript paths or spec dicts as teacher/student;
+        arrays or a map-style ``Dataset`` as data (written once to ``inputs_dir/data.npz``)."""
+        from edgecompress.errors import ConfigError
+        from edgecompress.live import model_spec, write_arrays
+
+        raw = dict(raw)
+        if teacher is not None:
+            raw["teacher"] = model_spec(teacher, "teacher")
+        if student is not None:
+            raw["student"] = model_spec(student, "student")
+        if train is not None:
+            data = {k: v for k, v in (raw.get("data") or {}).items()
+                    if k not in ("source", "path")}
+            raw["data"] = {"name": "arrays passed to compress()", **data,
+                           **write_arrays(train, test, inputs_dir)}
+        elif test is not None:
+            raise ConfigError("test data without train data: pass train= as well")
+        return raw
+
     def check_sources(self, recipe: Any) -> None:
         from edgecompress.stages.common import check_model_sources
 

@@ -24,7 +24,14 @@ import torch
 from edgecompress.data.checks import check_class_count, check_limits
 from edgecompress.data.split import stratified_partition, stratified_split, stratified_subsample
 from edgecompress.errors import DataError
-from edgecompress.text.sources import MemoryTexts, TextRows, TextScan, scan_texts
+from edgecompress.text.sources import (
+    MemoryTexts,
+    TextRows,
+    TextScan,
+    file_format,
+    scan_delimited,
+    scan_jsonl,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +92,27 @@ class TextBundle:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+
+def scan_texts(cfg: Any) -> TextScan:
+    """The scan of ``cfg.path`` (a :class:`~edgecompress.text.recipe.TextDataConfig`).
+
+    Raises:
+        DataError: a missing file or column, a malformed row (its line is named).
+        BackendUnavailable: a Hugging Face dataset without ``datasets`` installed.
+    """
+    path = Path(cfg.path)
+    kind = file_format(path, cfg.format)
+    if kind == "hf":
+        from edgecompress.text.hfsource import scan_hf_texts
+
+        return scan_hf_texts(path, cfg)
+    if not path.is_file():
+        raise DataError(f"data.path: file not found: {path}")
+    scan = scan_jsonl(path, cfg) if kind == "jsonl" else scan_delimited(path, kind, cfg)
+    if not len(scan.rows):
+        raise DataError(f"{path}: no rows")
+    return scan
 
 
 def _given_roles(scan: TextScan, sel: np.ndarray, where: str, column: str | None

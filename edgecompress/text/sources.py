@@ -8,7 +8,8 @@ needed (:class:`~edgecompress.text.data.Encoded`), so memory does not grow with 
 length or number beyond those 16 bytes.
 
 CSV records may span lines (quoted newlines): the reader tracks where each record starts, not
-where each line does. Hugging Face datasets are in :mod:`edgecompress.text.hfsource`.
+where each line does. Hugging Face datasets are in :mod:`edgecompress.text.hfsource`;
+:func:`edgecompress.text.data.scan_texts` picks the reader.
 """
 
 from __future__ import annotations
@@ -270,25 +271,4 @@ def scan_jsonl(path: Path, cfg: Any) -> TextScan:
     except OSError as err:
         raise DataError(f"{path}: unreadable: {err}") from None
     scan.digest = digest.hexdigest()
-    return scan
-
-
-def scan_texts(cfg: Any) -> TextScan:
-    """The scan of ``cfg.path`` (a :class:`~edgecompress.text.recipe.TextDataConfig`).
-
-    Raises:
-        DataError: a missing file or column, a malformed row (its line is named).
-        BackendUnavailable: a Hugging Face dataset without ``datasets`` installed.
-    """
-    path = Path(cfg.path)
-    kind = file_format(path, cfg.format)
-    if kind == "hf":
-        from edgecompress.text.hfsource import scan_hf_texts
-
-        return scan_hf_texts(path, cfg)
-    if not path.is_file():
-        raise DataError(f"data.path: file not found: {path}")
-    scan = scan_jsonl(path, cfg) if kind == "jsonl" else scan_delimited(path, kind, cfg)
-    if not len(scan.rows):
-        raise DataError(f"{path}: no rows")
     return scan

@@ -84,8 +84,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "bert_int8_speed.json")
     args = parser.parse_args()
+    from edgecompress.backends.onnxruntime import OnnxRuntimeRunner
     from edgecompress.text.data import fixed_length_input
-    from edgecompress.text.engines import ort_accuracy
+    from edgecompress.text.engines import engine_accuracy
     from edgecompress.text.export import ort_session
     from edgecompress.text.quant import QDQ_DISABLED, kernel_report
 
@@ -107,7 +108,7 @@ def main() -> None:
                 for name, path in paths.items()}
     engines: dict[str, dict[str, Any]] = {}
     for name, path in paths.items():
-        acc, _ = ort_accuracy(sessions[name], ctx)
+        acc, _ = engine_accuracy(OnnxRuntimeRunner(sessions[name], args.threads), ctx)
         kr = kernel_report(path, disabled=disabled[name])
         engines[name] = {"file": str(path), "size_bytes": path.stat().st_size, "accuracy": acc,
                          "int8_kernels": kr["int8_kernels"], "fp32_nodes": len(kr["fp32_nodes"]),

@@ -144,3 +144,49 @@ def test_every_available_backend_matches_pytorch(
     result = compare_logits(torch_logits(model, inputs), candidate)
     assert result.max_abs_diff <= 1e-3
     assert result.top1_agreement == 1.0
+
+
+class _TwoInputs(nn.Module):
+    """Token ids (int64) and a mask, like a text encoder: masked mean of an embedding."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(20, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).float()
+        return self.head((self.emb(input_ids) * mask).sum(1) / mask.sum(1))
+
+
+def test_ort_runner_takes_a_multi_input_feed(tmp_path: Path) -> None:
+    """Issue 12: the shared ORT runner serves text engines: a name -> array feed, each cast to
+    its input's dtype; a missing input is named; an engine's own <file>.engine.json settings
+    win over its folder's."""
+    import json
+
+    from edgecompress.backends.onnxruntime import _engine_info, engine_info_path
+    from edgecompress.errors import ModelError
+
+    model = _TwoInputs().eval()
+    ids = torch.randint(0, 20, (3, 5))
+    mask = torch.ones(3, 5, dtype=torch.long)
+    mask[0, 3:] = 0
+    path = tmp_path / "two.onnx"
+    torch.onnx.export(model, (ids, mask), str(path), input_names=["input_ids", "attention_mask"],
+                      output_names=["logits"], dynamo=False)
+    with get_backend("onnxruntime").load(path) as runner:
+        got = runner.run({"attention_mask": mask.numpy().astype(np.int32),  # order, dtype
+                          "input_ids": ids.numpy()})
+        timed = runner.timed_call({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})()
+        with pytest.raises(ModelError, match=r"missing \['attention_mask'\]"):
+            runner.run({"input_ids": ids.numpy()})
+    ref = model(ids, mask).detach().numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    np.testing.assert_allclose(timed[0], ref, atol=1e-5)
+    (tmp_path / "engine.json").write_text(json.dumps({"disabled_optimizers": ["A"]}))
+    assert _engine_info(path) == {"disabled_optimizers": ["A"]}
+    engine_info_path(path).write_text(json.dumps({"disabled_optimizers": ["B"]}))
+    assert engine_info_path(path).name == "two.onnx.engine.json"
+    assert _engine_info(path) == {"disabled_optimizers": ["B"]}

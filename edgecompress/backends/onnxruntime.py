@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -27,6 +27,11 @@ ARTIFACT_NAME = "model.onnx"
 OPTIMIZED_NAME = "model.optimized.onnx"
 #: Written next to an int8 engine: how to load it and what ORT fused (read by load/inspect).
 ENGINE_INFO_NAME = "engine.json"
+
+# ONNX tensor types of model inputs -> the numpy dtype a feed is cast to.
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64,
+               "tensor(int32)": np.int32, "tensor(float16)": np.float16,
+               "tensor(uint8)": np.uint8, "tensor(int8)": np.int8, "tensor(bool)": np.bool_}
 
 # precision -> name of the OnnxRuntimeBackend method that builds it.
 _BUILDERS: dict[str, str] = {"fp32": "_build_fp32", "int8": "_build_int8"}
@@ -50,7 +55,8 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, session: Any, threads: int) -> None:
         self._session = session
         self._threads = threads
-        self._input_name: str = session.get_inputs()[0].name
+        self._inputs = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in session.get_inputs()}
+        self._input_name: str = next(iter(self._inputs))
 
     @property
     def session(self) -> Any:
@@ -67,19 +73,29 @@ class OnnxRuntimeRunner(Runner):
     def threads(self) -> int:
         return self._threads
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """Run one float32 batch and return the first output (the logits)."""
-        feed = {self._input_name: np.asarray(x).astype(np.float32, copy=False)}
-        return self.session.run(None, feed)[0]
+    def _feed(self, x: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One float32 batch for a single-input model, or a mapping of input name -> array
+        (token ids and attention mask, say), each cast to its input's declared dtype."""
+        if not isinstance(x, Mapping):
+            return {self._input_name: np.ascontiguousarray(x, dtype=np.float32)}
+        missing = sorted(set(self._inputs) - set(x))
+        if missing:
+            raise ModelError(f"the ONNX model takes inputs {list(self._inputs)}; the feed has "
+                             f"{list(x)} (missing {missing})")
+        return {name: np.ascontiguousarray(x[name], dtype=dtype)
+                for name, dtype in self._inputs.items()}
 
-    def timed_call(self, x: np.ndarray) -> Callable[[], object]:
+    def run(self, x: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """Run one batch (see :meth:`_feed`) and return the first output (the logits)."""
+        return self.session.run(None, self._feed(x))[0]
+
+    def timed_call(self, x: np.ndarray | Mapping[str, np.ndarray]) -> Callable[[], object]:
         """``session.run`` bound to a feed built once, for the latency loop.
 
         Timing :meth:`run` would count its dtype check and dict building as model latency
         (several % of a 10 us model); the bench harness times this call instead.
         """
-        feed = {self._input_name: np.ascontiguousarray(x, dtype=np.float32)}
-        return functools.partial(self.session.run, None, feed)
+        return functools.partial(self.session.run, None, self._feed(x))
 
     def close(self) -> None:
         self._session = None
@@ -257,11 +273,20 @@ class OnnxRuntimeBackend(Backend):
         return OnnxRuntimeRunner(session, threads)
 
 
+def engine_info_path(artifact: Path) -> Path:
+    """Where a file's own engine description goes: ``<artifact>.engine.json`` (for a folder
+    holding several engines, like the text family's export folder)."""
+    return artifact.with_name(artifact.name + "." + ENGINE_INFO_NAME)
+
+
 def _engine_info(artifact: Path) -> dict[str, Any]:
-    """The ``engine.json`` written next to an int8 engine ({} for fp32 engines)."""
+    """The engine description of ``artifact``: its own ``<artifact>.engine.json``, else the
+    ``engine.json`` of its folder ({} for fp32 engines)."""
     import json
 
-    path = artifact.parent / ENGINE_INFO_NAME
+    path = engine_info_path(artifact)
+    if not path.is_file():
+        path = artifact.parent / ENGINE_INFO_NAME
     if not path.is_file():
         return {}
     try:

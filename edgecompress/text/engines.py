@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from edgecompress.backends import get_backend
 from edgecompress.errors import ModelError
 from edgecompress.io import atomic_path, atomic_write_json
 from edgecompress.stages.base import Stage, StageResult
@@ -84,12 +85,17 @@ class TextExportStage(Stage):
                 student, reference = model, ref
         int8 = out_dir / "student.int8.onnx"
         metrics["int8"] = self._quantize(ctx, student, opt, int8, example)
-        from edgecompress.text.export import ort_logits, ort_session
+        disabled = self._disabled(ctx)
+        if disabled:  # the session settings travel with the engine (the backend reads them)
+            from edgecompress.backends.onnxruntime import engine_info_path
 
-        got = ort_logits(ort_session(int8), ids, mask)
+            outputs["student_int8_engine"] = engine_info_path(int8)
+            atomic_write_json(engine_info_path(int8), {"disabled_optimizers": list(disabled)})
+        with get_backend("onnxruntime").load(int8) as runner:
+            got = runner.run({"input_ids": ids, "attention_mask": mask})
         metrics["int8"]["top1_agreement"] = float((got.argmax(1) == reference.argmax(1)).mean())
         metrics["int8"]["max_abs_diff"] = float(np.abs(got - reference).max())
-        report = kernel_report(int8, disabled=self._disabled(ctx))
+        report = kernel_report(int8, disabled=disabled)
         metrics["int8"].update(report)
         if report["int8_total"] == 0:
             raise ModelError(f"{int8}: ONNX Runtime runs no int8 kernel (ops: {report['ops']}); "
@@ -186,14 +192,19 @@ class TextBenchStage(Stage):
         return StageResult(outputs=outputs, metrics={t["name"]: t["status"] for t in results})
 
 
-def ort_accuracy(session: Any, ctx: TextContext, batch: int = 64) -> tuple[float, np.ndarray]:
-    """Test accuracy of an ORT session and its logits."""
-    from edgecompress.text.data import batches
-    from edgecompress.text.export import ort_logits
+def engine_accuracy(runner: Any, ctx: TextContext, seq_len: int | None = None,
+                    batch: int = 64) -> tuple[float, np.ndarray]:
+    """Test accuracy and logits of a backend runner (any backend taking the ids + mask feed),
+    ``batch`` texts read and tokenized at a time; padded per batch, or to exactly ``seq_len``
+    for an engine of static shape (TFLite)."""
+    from edgecompress.text.data import collate
 
     data = ctx.encoded("test")
-    out = [ort_logits(session, i.numpy(), m.numpy())
-           for i, m, _ in batches(data, batch, ctx.pad_id)]
+    out = []
+    for start in range(0, len(data), batch):
+        ids, mask = collate(data.take(np.arange(start, min(start + batch, len(data)))),
+                            ctx.pad_id, length=seq_len)
+        out.append(runner.run({"input_ids": ids.numpy(), "attention_mask": mask.numpy()}))
     logits = np.concatenate(out)
     return float((logits.argmax(1) == data.labels).mean()), logits
 
@@ -213,13 +224,11 @@ def bench_text_targets(ctx: TextContext, targets: list[Any]) -> list[dict[str, A
     """Report entries (plus raw samples for results.json) of targets sharing input and timing
     settings: their engines (teacher, FP32 student, each INT8 engine) are timed together in
     interleaved rounds and every speedup is a median of same-round ratios."""
-    import functools
     import hashlib
 
     from edgecompress.bench import measure_interleaved, parity_summary
     from edgecompress.bench.speed import speed_fields, throughput_fields
     from edgecompress.text.data import fixed_length_input
-    from edgecompress.text.export import ort_session
     from edgecompress.text.models import encoder_macs
     from edgecompress.text.stages import load_run_model
     from edgecompress.text.train import predict
@@ -261,19 +270,13 @@ def bench_text_targets(ctx: TextContext, targets: list[Any]) -> list[dict[str, A
         return [skipped[t.name] for t in targets]
     measured: dict[str, dict[str, Any]] = {}
     calls = {}
-    data = ctx.encoded("test")
-    for name, (path, off, threads) in opened.items():
-        if path.suffix == ".tflite":  # the shared backend's runner; texts padded to seq_len
-            from edgecompress.backends import get_backend
-            from edgecompress.text.tflite import tflite_accuracy
-
-            runner = get_backend("tflite").load(path, threads=threads)
-            acc, logits = tflite_accuracy(runner, data, ctx.pad_id, first.seq_len)
-            calls[name] = runner.timed_call(feed)
-        else:
-            session = ort_session(path, threads, disabled=off)
-            acc, logits = ort_accuracy(session, ctx)
-            calls[name] = functools.partial(session.run, None, feed)
+    for name, (path, _, threads) in opened.items():
+        # The shared backends' runners (ORT reads the engine's session settings next to it);
+        # TFLite engines have a static (1, seq_len) input, so their texts are padded to it.
+        static = path.suffix == ".tflite"
+        runner = get_backend("tflite" if static else "onnxruntime").load(path, threads=threads)
+        acc, logits = engine_accuracy(runner, ctx, first.seq_len if static else None)
+        calls[name] = runner.timed_call(feed)
         measured[name] = {"accuracy": acc, "logits": logits}
     result = measure_interleaved(
         calls, warmup=first.warmup, runs=first.runs,
@@ -339,7 +342,6 @@ def _engines(ctx: TextContext, target: Any) -> dict[str, Path] | str:
         if mismatch:
             return "; ".join(mismatch)
     if target.backend == "tflite":
-        from edgecompress.backends import get_backend
         from edgecompress.text.tflite import tflite_path
 
         backend = get_backend("tflite")

@@ -3,9 +3,10 @@ teachers, DistilBERT/TinyBERT-style students, head and FFN pruning, INT8 on ONNX
 
 Runs in the one :class:`~edgecompress.pipeline.Pipeline` (run directory ownership, manifests,
 resume, lock) and reports through the shared report stage (report.json, report.md, report.html,
-junit.xml, the gate). Its training, pruning, export and bench stages are still its own
-(:mod:`edgecompress.text.stages`, :mod:`edgecompress.text.engines`); they move onto the shared
-stages next.
+junit.xml, the gate), trains through the shared loop (:func:`edgecompress.training.fit`) and
+runs its engines through the shared backends' runners. Its stage classes for teacher, distill,
+prune, export and bench are still its own (:mod:`edgecompress.text.stages`,
+:mod:`edgecompress.text.engines`); they move onto the shared stage classes next.
 """
 
 from __future__ import annotations

@@ -71,18 +71,6 @@ def check_tflite_parity(path: Path, model: nn.Module, feed: dict[str, np.ndarray
             "size_bytes": Path(path).stat().st_size}
 
 
-def tflite_accuracy(runner: Any, data: Any, pad_id: int, seq_len: int, batch: int = 64
-                    ) -> tuple[float, np.ndarray]:
-    """Test accuracy and logits of a TFLite runner on ``data`` (an
-    :class:`~edgecompress.text.data.Encoded` split), texts padded/truncated to ``seq_len``,
-    ``batch`` texts read at a time."""
-    logits = np.concatenate([
-        runner.run(padded_feed(data.take(np.arange(start, min(start + batch, len(data)))),
-                               pad_id, seq_len))
-        for start in range(0, len(data), batch)])
-    return float((logits.argmax(1) == data.labels).mean()), logits
-
-
 def tflite_seq_lens(ctx: Any) -> list[int]:
     """The sequence lengths TFLite targets are converted at (one flatbuffer each)."""
     return sorted({t.seq_len for t in ctx.recipe.targets if t.backend == "tflite"})

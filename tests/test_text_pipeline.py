@@ -175,3 +175,36 @@ def test_text_run_from_a_saved_hugging_face_dataset(tmp_path):
     assert dataset["samples"]["test"] == 40 and dataset["given_splits"] == ["train", "test"]
     assert dataset["samples"]["train"] + dataset["samples"]["val"] == 120
     assert dataset["train_limit"] == {"from": 160, "to": 120}
+
+
+def test_text_run_under_torchrun_two_processes(tmp_path):
+    """Issue 12: text training stages run under torchrun like the image ones: each rank trains
+    its shard with DDP (through the shared loop), rank 0 trains the scratch tokenizer and sends
+    it to the other rank, writes the models, and alone exports, benchmarks and reports."""
+    import os
+    import subprocess
+    import sys
+
+    raw = _recipe(tmp_path, prune={"enabled": True, "heads_ratio": 0.5, "ffn_ratio": 0.5,
+                                   "recovery": {"epochs": 1, "lr": 0.001, "batch_size": 16}},
+                  targets=_recipe(tmp_path)["targets"][:1])
+    raw["teacher"] = {"scratch": {"layers": 2, "hidden_size": 32, "heads": 4,
+                                  "intermediate_size": 64, "vocab_size": 200, "dropout": 0.0},
+                      "finetune": {"epochs": 10, "lr": 0.003, "batch_size": 8}}
+    raw["distill"]["batch_size"] = 8
+    out = tmp_path / "run"
+    env = {**os.environ, "CI": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+         "-m", "edgecompress", "run", _write(tmp_path, raw), "--out", str(out)],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    for stage in ("teacher", "distill"):
+        metrics = json.loads((out / stage / "stage.json").read_text())["metrics"]
+        assert metrics["world_size"] == 2, stage
+    teacher = json.loads((out / "teacher" / "stage.json").read_text())["metrics"]
+    assert teacher["finetune"]["world_size"] == 2 and teacher["test_accuracy"] > 0.7
+    recovery = json.loads((out / "prune" / "stage.json").read_text())["metrics"]["recovery"]
+    assert recovery["world_size"] == 2
+    report = json.loads((out / "report.json").read_text())
+    assert report["targets"][0]["status"] == "ok"

@@ -263,10 +263,17 @@ def collate(ids: list[list[int]], pad_id: int, length: int | None = None
 
 
 def batches(data: Encoded, batch_size: int, pad_id: int, *, shuffle: bool = False,
-            seed: int = 0):
-    """Yield ``(input_ids, attention_mask, labels)``; shuffled batches for training."""
+            seed: int = 0, rank: int = 0, world_size: int = 1):
+    """Yield ``(input_ids, attention_mask, labels)``; shuffled batches for training.
+
+    Under torchrun (``world_size`` > 1) every rank draws the same seeded permutation, cut to a
+    multiple of ``world_size``, and takes every ``world_size``-th text from ``rank`` on: the
+    ranks' shards are disjoint and equally long (so their DDP steps pair up).
+    """
     order = np.random.default_rng(seed).permutation(len(data)) if shuffle \
         else np.arange(len(data))
+    if world_size > 1:
+        order = order[:len(order) // world_size * world_size][rank::world_size]
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         input_ids, mask = collate(data.take(idx), pad_id)

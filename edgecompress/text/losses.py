@@ -44,9 +44,12 @@ class TextDistillLoss(nn.Module):
         self.t, self.kd, self.ce, self.hidden, self.attention = \
             temperature, kd, ce, hidden, attention
         self.layer_map = list(layer_map)
+        # Only a hidden-state term needs projections (an unused parameter would also stall
+        # DistributedDataParallel).
         self.proj = nn.ModuleList([
-            nn.Linear(student_width, teacher_width) if student_width != teacher_width
-            else nn.Identity() for _ in self.layer_map])
+            nn.Linear(student_width, teacher_width)
+            if student_width != teacher_width and hidden > 0 else nn.Identity()
+            for _ in self.layer_map])
 
     @property
     def needs_hidden(self) -> bool:

@@ -104,11 +104,15 @@ def train_wordpiece(texts: Iterable[str] | Iterable[list[str]], vocab_size: int,
                                    model_max_length=max_length)
 
 
-def scratch_teacher(cfg: Any, texts: Iterable[str] | Iterable[list[str]], classes: list[str],
-                    max_length: int, seed: int) -> tuple[nn.Module, Any]:
-    """A BERT from a config with random weights, and a tokenizer trained on ``texts``."""
+def scratch_teacher(cfg: Any, texts: Iterable[str] | Iterable[list[str]] | None,
+                    classes: list[str], max_length: int, seed: int,
+                    tokenizer: Any = None) -> tuple[nn.Module, Any]:
+    """A BERT from a config with random weights, and a tokenizer trained on ``texts`` (or the
+    given ``tokenizer``: under torchrun rank 0 trains it and sends it to the others, so every
+    rank builds the same vocabulary)."""
     tf = transformers_module()
-    tokenizer = train_wordpiece(texts, cfg.vocab_size, max_length)
+    if tokenizer is None:
+        tokenizer = train_wordpiece(texts, cfg.vocab_size, max_length)
     torch.manual_seed(seed)
     config = tf.BertConfig(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.layers,

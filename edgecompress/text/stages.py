@@ -39,6 +39,7 @@ class TeacherStage(Stage):
     """Adopts (or builds) the teacher and fine-tunes it; writes ``teacher/model/``."""
 
     name = "teacher"
+    distributed = True  # under torchrun every rank trains its shard (DDP)
 
     def config(self, ctx: TextContext) -> dict[str, Any]:
         raw = text_recipe_to_dict(ctx.recipe)
@@ -57,8 +58,15 @@ class TeacherStage(Stage):
         cfg, b = ctx.recipe.teacher, ctx.bundle
         id2label = dict(enumerate(b.classes))
         if cfg.scratch is not None:
-            model, tokenizer = scratch_teacher(cfg.scratch, b.train.texts.chunks(), b.classes,
-                                               ctx.recipe.data.max_length, ctx.recipe.seed)
+            from edgecompress.distributed import broadcast_object
+            from edgecompress.text.models import train_wordpiece
+
+            tokenizer = broadcast_object(train_wordpiece(
+                b.train.texts.chunks(), cfg.scratch.vocab_size, ctx.recipe.data.max_length)
+                if ctx.dist.is_main else None)
+            model, tokenizer = scratch_teacher(cfg.scratch, None, b.classes,
+                                               ctx.recipe.data.max_length, ctx.recipe.seed,
+                                               tokenizer=tokenizer)
         else:
             model, tokenizer = load_hf(cfg.path, num_labels=b.num_classes,
                                        trust_remote_code=cfg.trust_remote_code,
@@ -70,9 +78,12 @@ class TeacherStage(Stage):
             torch.manual_seed(ctx.recipe.seed)
             metrics["finetune"] = train(model, ctx.encoded("train"), ctx.encoded("val"),
                                         cfg.finetune, ctx.pad_id, seed=ctx.recipe.seed,
-                                        label="teacher")
+                                        label="teacher", dist_info=ctx.dist)
         metrics["test_accuracy"] = accuracy(model, ctx.encoded("test"), ctx.pad_id)
         metrics["summary"] = model_summary(model)
+        metrics["world_size"] = ctx.dist.world_size
+        if not ctx.dist.is_main:  # rank 0 writes the model; the pipeline waits for it
+            return StageResult(metrics=metrics)
         logger.info("teacher test accuracy %.4f", metrics["test_accuracy"])
         out = save_hf(model.cpu(), tokenizer, ctx.teacher_dir)
         return StageResult(outputs=hf_outputs(out), metrics=metrics)
@@ -111,6 +122,7 @@ class DistillStage(Stage):
     """Builds the student from the teacher and distils it; writes ``distill/model/``."""
 
     name = "distill"
+    distributed = True  # under torchrun every rank trains its shard (DDP)
 
     def config(self, ctx: TextContext) -> dict[str, Any]:
         raw = text_recipe_to_dict(ctx.recipe)
@@ -135,9 +147,12 @@ class DistillStage(Stage):
         torch.manual_seed(ctx.recipe.seed)
         metrics["train"] = train(student, ctx.encoded("train"), ctx.encoded("val"), cfg,
                                  ctx.pad_id, seed=ctx.recipe.seed, teacher=teacher,
-                                 loss_fn=loss, label="distill")
+                                 loss_fn=loss, label="distill", dist_info=ctx.dist)
         metrics["test_accuracy"] = accuracy(student, ctx.encoded("test"), ctx.pad_id)
         metrics["summary"] = model_summary(student)
+        metrics["world_size"] = ctx.dist.world_size
+        if not ctx.dist.is_main:
+            return StageResult(metrics=metrics)
         logger.info("student test accuracy %.4f", metrics["test_accuracy"])
         out = save_hf(student.cpu(), ctx.tokenizer, ctx.run_dir / "distill" / "model")
         return StageResult(outputs=hf_outputs(out), metrics=metrics)
@@ -148,6 +163,7 @@ class TextPruneStage(Stage):
     checks that ``from_pretrained`` reloads it to the same logits."""
 
     name = "prune"
+    distributed = True  # under torchrun every rank trains its shard (DDP)
 
     def config(self, ctx: TextContext) -> dict[str, Any]:
         return {"prune": text_recipe_to_dict(ctx.recipe)["prune"]}
@@ -179,9 +195,12 @@ class TextPruneStage(Stage):
             torch.manual_seed(ctx.recipe.seed)
             metrics["recovery"] = train(student, ctx.encoded("train"), ctx.encoded("val"),
                                         cfg.recovery, ctx.pad_id, seed=ctx.recipe.seed,
-                                        teacher=teacher, loss_fn=loss, label="recovery")
+                                        teacher=teacher, loss_fn=loss, label="recovery",
+                                        dist_info=ctx.dist)
         metrics["test_accuracy"] = accuracy(student, ctx.encoded("test"), ctx.pad_id)
         metrics["summary"] = model_summary(student)
+        if not ctx.dist.is_main:
+            return StageResult(metrics=metrics)
         out = save_hf(student.cpu(), ctx.tokenizer, ctx.run_dir / "prune" / "model")
         reloaded = load_run_model(out)
         sample = ctx.encoded("test")

@@ -4,7 +4,7 @@ normalised and (for real photos) transformed. Part of :mod:`edgecompress.recipe`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -119,9 +119,14 @@ class DataConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_kind_of_limit(self) -> DataConfig:
-        if self.limit is not None and (self.train_limit is not None
-                                       or self.eval_limit is not None):
-            raise ValueError("limit cannot be combined with train_limit / eval_limit (limit "
-                             "subsamples all data, test split included); use train_limit and "
-                             "eval_limit")
-        return self
+        return check_one_kind_of_limit(self)
+
+
+def check_one_kind_of_limit(cfg: Any) -> Any:
+    """The old ``limit`` (all data, test split included) and ``train_limit``/``eval_limit``
+    exclude each other, in every family's data section."""
+    if cfg.limit is not None and (cfg.train_limit is not None or cfg.eval_limit is not None):
+        raise ValueError("limit cannot be combined with train_limit / eval_limit (limit "
+                         "subsamples all data, test split included); use train_limit and "
+                         "eval_limit")
+    return cfg

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edgecompress.errors import ConfigError
 from edgecompress.recipe import GateConfig, check_field_range
+from edgecompress.recipe_data import check_one_kind_of_limit
 
 TASK = "text-classification"
 
@@ -64,12 +65,7 @@ class TextDataConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_kind_of_limit(self) -> TextDataConfig:
-        if self.limit is not None and (self.train_limit is not None
-                                       or self.eval_limit is not None):
-            raise ValueError("limit cannot be combined with train_limit / eval_limit (limit "
-                             "subsamples all data, test split included); use train_limit and "
-                             "eval_limit")
-        return self
+        return check_one_kind_of_limit(self)
 
 
 class ScratchConfig(_Strict):

@@ -90,9 +90,14 @@ def pair_convs(fp32_opt: Path, int8_opt: Path) -> list[tuple[str, str]] | None:
 
 
 def slower_in_int8(fp32: tuple[Path, Path], int8: tuple[Path, Path], fx_to_layer: dict[str, str],
-                   x1: np.ndarray, runs: int, work: Path,
-                   int8_disabled: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The conv layers whose int8 kernel took longer than their FP32 kernel.
+                   x1: np.ndarray, runs: int, work: Path, int8_disabled: tuple[str, ...] = (),
+                   margin: float = 1.25) -> dict[str, Any]:
+    """The conv layers whose int8 kernel took more than ``margin`` x their FP32 kernel's time.
+
+    The margin is there because a float island adds a DequantizeLinear, a QuantizeLinear and
+    NCHWc reorders around itself, and per-node times of kernels this close are noise: with
+    margin 1 a run kept 7 depthwise convs that were 0-17 % slower in int8 and the engine lost
+    (MobileNetV2 1.44x -> 1.24x FP32).
 
     ``fp32`` / ``int8``: (model, ORT-optimized model); ``fx_to_layer``: FX node name of each
     conv in the converted int8 model -> its module name (what ``keep_fp32`` / ``skip`` take).
@@ -106,6 +111,7 @@ def slower_in_int8(fp32: tuple[Path, Path], int8: tuple[Path, Path], fx_to_layer
                   "int8_node": i_name, "fp32_us": round(f_us.get(f_name, 0.0), 1),
                   "int8_us": round(i_us.get(i_name, 0.0), 1)} for f_name, i_name in pairs]
     slower = [row["layer"] for row in per_layer
-              if row["layer"] and row["int8_us"] > row["fp32_us"] > 0]
-    return {"layers": slower, "matched": all(row["layer"] for row in per_layer),
+              if row["layer"] and row["int8_us"] > margin * row["fp32_us"] > 0]
+    return {"layers": slower, "margin": margin,
+            "matched": all(row["layer"] for row in per_layer),
             "per_layer": per_layer}

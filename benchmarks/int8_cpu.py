@@ -267,7 +267,8 @@ def bench_arch(arch: str, data: tuple[Any, ...], args: argparse.Namespace,
                        if n.op == "call_function" and "conv" in str(n.target)}
         fallback = slower_in_int8((fp32_path, work / f"{arch}_fp32_opt.onnx"),
                                   (ours, work / f"{arch}_ours_opt.onnx"), fx_to_layer, x_eval[:1],
-                                  args.profile_runs, work, INT8_DISABLED_OPTIMIZERS)
+                                  args.profile_runs, work, INT8_DISABLED_OPTIMIZERS,
+                                  args.fallback_margin)
         print(f"  latency fallback: {fallback['layers']} "
               f"{'' if fallback['matched'] else fallback['reason']}", flush=True)
         if fallback["layers"]:
@@ -361,6 +362,8 @@ def main() -> int:
                         help="also build 'ours fb': convs that profile slower in int8 than in "
                              "FP32 kept in FP32 (benchmarks/conv_fallback.py)")
     parser.add_argument("--profile-runs", type=int, default=10)
+    parser.add_argument("--fallback-margin", type=float, default=1.25,
+                        help="keep a conv FP32 when its int8 kernel takes > margin x FP32's")
     parser.add_argument("--bn-recalibrate", type=int, default=256,
                         help="training images that re-estimate BatchNorm statistics at --size "
                              "(0: keep the --train-size statistics)")

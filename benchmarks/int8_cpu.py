@@ -4,7 +4,8 @@ For each architecture (torchvision's own definition):
 
 1. train a few epochs on Fashion-MNIST (Debian's ``dataset-fashion-mnist``; scikit-learn's
    digits when it is absent) at a low resolution, as three-channel images, so the logits mean
-   something; evaluate at 224x224 (bilinear upsampling);
+   something; re-estimate the BatchNorm statistics at 224x224 (``--bn-recalibrate``, no
+   weight change) and evaluate there (bilinear upsampling);
 2. export the FP32 ONNX (dynamic batch) and build the engines from it:
    - ``fp32``: the FP32 model on ORT;
    - ``ours``: the project's int8 preset for this CPU (``ort-x86`` resolved by
@@ -13,6 +14,8 @@ For each architecture (torchvision's own definition):
    - ``ort qs``: ONNX Runtime's ``quantize_static`` from the same FP32 ONNX and calibration
      images (QDQ, per-channel, uint8 activations, int8 weights), run as a user would;
    - ``ort qs rr``: the same with ``reduce_range=True`` (ORT's advice for CPUs without VNNI);
+   - ``ours fb`` (``--latency-fallback``): ours with the convs whose int8 kernel profiles
+     slower than their FP32 kernel kept in FP32 (:mod:`conv_fallback`), when there are any;
 3. measure accuracy, top-1 agreement with FP32 and with the int8 model's exact semantics (ours:
    the PyTorch int8 model; ORT's: its own QDQ file run unfused, i.e. what the int8 math should
    give), and latency in interleaved rounds (fp32, ours, qs, qs rr, fp32, ...; batch 1,

@@ -1,11 +1,11 @@
 """INT8 vs FP32 on this CPU: ResNet-18 and MobileNetV2 at 3x224x224, ONNX Runtime, 1 thread.
 
-For each architecture (torchvision's definition when torchvision imports, else the equivalent
-built here: same layers, channels, strides and residuals):
+For each architecture (torchvision's own definition):
 
 1. train a few epochs on Fashion-MNIST (Debian's ``dataset-fashion-mnist``; scikit-learn's
    digits when it is absent) at a low resolution, as three-channel images, so the logits mean
-   something; evaluate at 224x224 (bilinear upsampling);
+   something; re-estimate the BatchNorm statistics at 224x224 (``--bn-recalibrate``, no
+   weight change) and evaluate there (bilinear upsampling);
 2. export the FP32 ONNX (dynamic batch) and build the engines from it:
    - ``fp32``: the FP32 model on ORT;
    - ``ours``: the project's int8 preset for this CPU (``ort-x86`` resolved by
@@ -14,6 +14,8 @@ built here: same layers, channels, strides and residuals):
    - ``ort qs``: ONNX Runtime's ``quantize_static`` from the same FP32 ONNX and calibration
      images (QDQ, per-channel, uint8 activations, int8 weights), run as a user would;
    - ``ort qs rr``: the same with ``reduce_range=True`` (ORT's advice for CPUs without VNNI);
+   - ``ours fb`` (``--latency-fallback``): ours with the convs whose int8 kernel profiles
+     slower than their FP32 kernel kept in FP32 (:mod:`conv_fallback`), when there are any;
 3. measure accuracy, top-1 agreement with FP32 and with the int8 model's exact semantics (ours:
    the PyTorch int8 model; ORT's: its own QDQ file run unfused, i.e. what the int8 math should
    give), and latency in interleaved rounds (fp32, ours, qs, qs rr, fp32, ...; batch 1,
@@ -43,86 +45,19 @@ import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
-# --- models: torchvision's when importable, else the same architecture built here -------------
-
-class _Basic(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU()
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                            nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + identity)
-
-
-def resnet18(num_classes: int) -> nn.Module:
-    """torchvision.models.resnet18's layers: 7x7/2 stem, max pool, 4 stages of 2 basic blocks
-    (64-128-256-512), global average pool, fc."""
-    layers: list[nn.Module] = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                               nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
-    cin = 64
-    for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        layers += [_Basic(cin, cout, stride), _Basic(cout, cout, 1)]
-        cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
-    return nn.Sequential(*layers)
-
-
-class _Inverted(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
-        super().__init__()
-        hidden = cin * expand
-        layers: list[nn.Module] = []
-        if expand != 1:
-            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU6()]
-        layers += [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-                   nn.BatchNorm2d(hidden), nn.ReLU6(),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
-        self.conv = nn.Sequential(*layers)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x) if self.residual else self.conv(x)
-
-
-def mobilenet_v2(num_classes: int) -> nn.Module:
-    """torchvision.models.mobilenet_v2's layers (width 1.0): 17 inverted residual blocks with
-    ReLU6 and depthwise 3x3 convs, 1280-channel last conv, dropout-free classifier."""
-    setting = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-               (6, 160, 3, 2), (6, 320, 1, 1)]
-    layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32),
-                               nn.ReLU6()]
-    cin = 32
-    for t, c, n, s in setting:
-        for i in range(n):
-            layers.append(_Inverted(cin, c, s if i == 0 else 1, t))
-            cin = c
-    layers += [nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6(),
-               nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1280, num_classes)]
-    return nn.Sequential(*layers)
-
+# --- models: torchvision's own definitions ---------------------------------------------------
 
 def build(arch: str, num_classes: int) -> tuple[nn.Module, str]:
-    try:
-        import torchvision.models as tvm
+    """torchvision's model (``import_torchvision`` carries the CPU-wheel import fix)."""
+    from edgecompress.models.zoo import import_torchvision
 
-        return getattr(tvm, arch)(num_classes=num_classes), "torchvision"
-    except Exception:  # noqa: BLE001 - torchvision missing or not importable with this torch
-        return {"resnet18": resnet18, "mobilenet_v2": mobilenet_v2}[arch](num_classes), \
-            "built here (torchvision-equivalent)"
+    tv = import_torchvision()
+    return getattr(tv.models, arch)(num_classes=num_classes), f"torchvision {tv.__version__}"
 
 
 # --- data --------------------------------------------------------------------------------------
@@ -188,7 +123,27 @@ def train(model: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int
 
 # --- engines -----------------------------------------------------------------------------------
 
-def session(path: Path | str, *, optimized: Path | None = None, fused: bool = True) -> Any:
+def recalibrate_bn(model: nn.Module, x: np.ndarray, batch: int = 32) -> None:
+    """Re-estimate the BatchNorm running statistics on ``x`` (no weight changes), then eval.
+
+    Trained at 64 px and run at 224 px, a network keeps the 64 px statistics, and its logits
+    at 224 px were near-constant (ResNet-18: 12 % accuracy on 10 classes, every engine
+    predicting the same class), which leaves top-1 agreement meaningless.
+    """
+    for mod in model.modules():
+        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+            mod.reset_running_stats()
+            mod.momentum = None  # cumulative average over all batches
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            model(torch.from_numpy(x[i:i + batch]))
+    model.eval()
+
+
+def session(path: Path | str, *, optimized: Path | None = None, fused: bool = True,
+            disabled: tuple[str, ...] = ()) -> Any:
+    """A 1-thread ORT session; ``disabled``: optimizers to turn off (the int8 engine's)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -199,7 +154,8 @@ def session(path: Path | str, *, optimized: Path | None = None, fused: bool = Tr
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized is not None:
         so.optimized_model_filepath = str(optimized)
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=list(disabled))
 
 
 def run_all(sess: Any, x: np.ndarray) -> np.ndarray:
@@ -278,6 +234,8 @@ def bench_arch(arch: str, data: tuple[Any, ...], args: argparse.Namespace,
     train(model, resize(x_train, args.train_size), y_train, args.epochs, args.seed)
     x_eval = resize(x_test, args.size)
     calib = resize(x_train[:args.calibration], args.size)
+    if args.bn_recalibrate:
+        recalibrate_bn(model, resize(x_train[-args.bn_recalibrate:], args.size))
     macs = count_macs(model, (3, args.size, args.size))
     example = torch.from_numpy(x_eval[:2])
     fp32_path = export_onnx(model, example, work / f"{arch}_fp32.onnx", opset=18,
@@ -295,12 +253,48 @@ def bench_arch(arch: str, data: tuple[Any, ...], args: argparse.Namespace,
     qs_rr = ort_quantize_static(fp32_path, work / f"{arch}_qs_rr.onnx", calib,
                                 reduce_range=True)
     paths = {"fp32": fp32_path, "ours": ours, "ort qs": qs, "ort qs rr": qs_rr}
-    sessions = {k: session(p, optimized=work / f"{arch}_{k.replace(' ', '_')}_opt.onnx")
+    ours_keys = {"ours"}
+    fallback = None
+    if args.latency_fallback:
+        # Convs whose int8 kernel profiled slower than the FP32 one stay FP32 ("ours fb").
+        from conv_fallback import slower_in_int8
+
+        from edgecompress.backends.onnxruntime import INT8_DISABLED_OPTIMIZERS
+
+        for key in ("fp32", "ours"):
+            session(paths[key], optimized=work / f"{arch}_{key}_opt.onnx",
+                    disabled=INT8_DISABLED_OPTIMIZERS if key == "ours" else ())
+        from edgecompress.quant.annotate import module_name
+
+        fx_to_layer = {n.name: module_name(n) for n in converted.graph.nodes
+                       if n.op == "call_function" and "conv" in str(n.target)}
+        fallback = slower_in_int8((fp32_path, work / f"{arch}_fp32_opt.onnx"),
+                                  (ours, work / f"{arch}_ours_opt.onnx"), fx_to_layer, x_eval[:1],
+                                  args.profile_runs, work, INT8_DISABLED_OPTIMIZERS,
+                                  args.fallback_margin)
+        print(f"  latency fallback: {fallback['layers']} "
+              f"{'' if fallback['matched'] else fallback['reason']}", flush=True)
+        if fallback["layers"]:
+            fb_preset = get_preset(preset_name)
+            prepared = fb_preset.prepare(model, example, qat=False, skip=fallback["layers"])
+            calibrate(prepared, calib)
+            fb_converted = fb_preset.convert(prepared)
+            fb_reference = predict(fb_converted, x_eval)
+            fb_preset.export(fb_converted, example, work / f"{arch}_fb_qdq.onnx")
+            paths["ours fb"] = backend.build(work / f"{arch}_fb_qdq.onnx", work / f"{arch}_fb",
+                                             precision="int8")
+            ours_keys.add("ours fb")
+    from edgecompress.backends.onnxruntime import INT8_DISABLED_OPTIMIZERS
+
+    sessions = {k: session(p, optimized=work / f"{arch}_{k.replace(' ', '_')}_opt.onnx",
+                           disabled=INT8_DISABLED_OPTIMIZERS if k in ours_keys else ())
                 for k, p in paths.items()}
     logits = {k: run_all(s, x_eval) for k, s in sessions.items()}
     exact = {"ours": reference,
              "ort qs": run_all(session(qs, fused=False), x_eval),
              "ort qs rr": run_all(session(qs_rr, fused=False), x_eval)}
+    if "ours fb" in paths:
+        exact["ours fb"] = fb_reference
     timing = interleaved(sessions, x_eval[:1], args.rounds, args.runs, args.warmup)
     cpu = cpu_info()
     rows = {}
@@ -331,7 +325,7 @@ def bench_arch(arch: str, data: tuple[Any, ...], args: argparse.Namespace,
         print(f"  {key:10s} acc {rows[key]['accuracy']:.4f} p50 {p50:8.2f} ms "
               f"x{rows[key]['speedup_vs_fp32']:.2f} vs fp32", flush=True)
     return {"arch": arch, "definition": origin, "macs": macs, "preset": preset_name,
-            "engines": rows}
+            "latency_fallback": fallback, "engines": rows}
 
 
 def markdown(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
@@ -367,6 +361,15 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--latency-fallback", action="store_true",
+                        help="also build 'ours fb': convs that profile slower in int8 than in "
+                             "FP32 kept in FP32 (benchmarks/conv_fallback.py)")
+    parser.add_argument("--profile-runs", type=int, default=10)
+    parser.add_argument("--fallback-margin", type=float, default=1.25,
+                        help="keep a conv FP32 when its int8 kernel takes > margin x FP32's")
+    parser.add_argument("--bn-recalibrate", type=int, default=256,
+                        help="training images that re-estimate BatchNorm statistics at --size "
+                             "(0: keep the --train-size statistics)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(2)

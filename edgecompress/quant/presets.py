@@ -219,6 +219,22 @@ class _OrtPreset(OnnxQdqPreset):
     elementwise: ClassVar[bool] = True
     global_pool_rewrite: ClassVar[bool] = True
 
+    def convert(self, prepared: nn.Module) -> nn.Module:
+        """PT2E convert, then the biases snapped to the int32 grid ORT's QLinearConv/QGemm add
+        (:mod:`edgecompress.quant.int32_bias`): the PyTorch int8 model, the parity reference,
+        then computes what the engine computes."""
+        import logging
+
+        from edgecompress.quant.int32_bias import snap_biases_to_int32
+
+        converted = super().convert(prepared)
+        counts = snap_biases_to_int32(converted)
+        if counts["clipped"]:
+            logging.getLogger(__name__).warning(
+                "%d bias channels do not fit int32 at scale x_scale * w_scale and are clipped "
+                "(in the engine as in the reference)", counts["clipped"])
+        return converted
+
     def export(self, converted: nn.Module, example: torch.Tensor, out_path: Path) -> Path:
         out = super().export(converted, example, out_path)
         if not self.global_pool_rewrite:

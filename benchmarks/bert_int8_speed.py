@@ -86,7 +86,8 @@ def main() -> None:
     args = parser.parse_args()
     from edgecompress.backends.onnxruntime import OnnxRuntimeRunner
     from edgecompress.text.data import fixed_length_input
-    from edgecompress.text.engines import engine_accuracy
+    from edgecompress.bench.accuracy import evaluate
+    from edgecompress.text.evalset import TokenEvalSet
     from edgecompress.text.export import ort_session
     from edgecompress.text.quant import QDQ_DISABLED, kernel_report
 
@@ -107,8 +108,11 @@ def main() -> None:
     sessions = {name: ort_session(path, args.threads, disabled=disabled[name])
                 for name, path in paths.items()}
     engines: dict[str, dict[str, Any]] = {}
+    tok = ctx.tokenizer
+    test = TokenEvalSet(ctx.encoded("test"), ctx.pad_id, max(args.seq_len), tok.cls_token_id,
+                        tok.sep_token_id)
     for name, path in paths.items():
-        acc, _ = engine_accuracy(OnnxRuntimeRunner(sessions[name], args.threads), ctx)
+        acc, _ = evaluate(OnnxRuntimeRunner(sessions[name], args.threads), test, batch_size=64)
         kr = kernel_report(path, disabled=disabled[name])
         engines[name] = {"file": str(path), "size_bytes": path.stat().st_size, "accuracy": acc,
                          "int8_kernels": kr["int8_kernels"], "fp32_nodes": len(kr["fp32_nodes"]),
@@ -118,7 +122,6 @@ def main() -> None:
                                               "BiasGelu", "EmbedLayerNormalization",
                                               "QEmbedLayerNormalization") if kr["ops"].get(op)},
                          "latency_ms": {}}
-    tok = ctx.tokenizer
     speed: dict[str, Any] = {}
     for seq in args.seq_len:
         ids, mask = fixed_length_input(ctx.encoded("test"), seq, 1, tok.cls_token_id,

@@ -182,13 +182,17 @@ class OnnxRuntimeBackend(Backend):
 
     def _build_int8(self, source: Path, out_dir: Path, **options: Any) -> Path:
         """Publish a QDQ model as an int8 engine: uint8 activation rewrite, ORT's optimized
-        graph saved for inspection, and ``engine.json`` with the int8 kernel census.
+        graph saved for inspection, and ``engine.json`` with the int8 kernel census. A file
+        with its own ``<file>.engine.json`` is already an engine and is published as it is
+        (:meth:`_publish_finished`).
 
         Raises:
             ModelError: ``source`` holds no QuantizeLinear (a float model cannot be an int8
                 engine: it would silently run in FP32).
         """
         self.check_options("int8", options)
+        if engine_info_path(Path(source)).is_file():
+            return self._publish_finished(Path(source), out_dir)
         from edgecompress.isa import cpu_info
         from edgecompress.quant.onnx_passes import (
             activation_dtypes,
@@ -245,6 +249,39 @@ class OnnxRuntimeBackend(Backend):
         log("onnxruntime int8 engine %s: %d int8 kernels %s, %d float conv/linear nodes%s",
             artifact, fused, census["int8_kernels"], len(census["fp32_nodes"]),
             f" ({', '.join(census['fp32_nodes'])})" if census["fp32_nodes"] else "")
+        return artifact
+
+    def _publish_finished(self, source: Path, out_dir: Path) -> Path:
+        """Publish an int8 model that is already an engine as it is: a file with its own
+        ``<file>.engine.json`` (the text family's dynamic or QDQ INT8 encoder, made for ORT
+        with the session settings that description names). Nothing is rewritten; the kernel
+        census of the graph ORT optimizes it to is added to the description.
+
+        Raises:
+            ModelError: ORT runs no int8 kernel for it (it would silently be FP32).
+        """
+        from edgecompress.io import atomic_write_json
+        from edgecompress.quant.onnx_passes import kernel_census, load
+
+        ort = self._ort()
+        info = _engine_info(source)
+        disabled = tuple(info.get("disabled_optimizers", ()))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        artifact = out_dir / ARTIFACT_NAME
+        with atomic_path(artifact) as tmp:
+            shutil.copyfile(source, tmp)
+            with atomic_path(out_dir / OPTIMIZED_NAME) as opt:
+                so = self._session_options(ort, threads=1)
+                so.optimized_model_filepath = str(opt)
+                self._session(ort, tmp, so, disabled)
+            census = kernel_census(load(out_dir / OPTIMIZED_NAME))
+        if census["int8_total"] == 0:
+            raise ModelError(f"{source}: ONNX Runtime runs no int8 kernel (ops: "
+                             f"{census['ops']}); the INT8 engine would silently be FP32")
+        atomic_write_json(out_dir / ENGINE_INFO_NAME, {**info, "precision": "int8",
+                                                       "published_as_is": True, **census})
+        logger.info("onnxruntime int8 engine %s (as exported): %d int8 kernels %s", artifact,
+                    census["int8_total"], census["int8_kernels"])
         return artifact
 
     def inspect(self, artifact: Path, *, precision: str) -> dict[str, Any]:

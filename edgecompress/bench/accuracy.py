@@ -8,13 +8,21 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from edgecompress.bench.evalset import (
+    ArrayEvalSet,
+    EvalSet,
+    Feed,
+    as_eval_set,
+    feed_rows,
+    feed_shape,
+)
 from edgecompress.bench.latency import (
     InterleavedResult,
     check_counts,
     measure_interleaved,
     measure_latency,
 )
-from edgecompress.errors import ConfigError, DataError, ModelError
+from edgecompress.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
     from edgecompress.backends.base import Runner
@@ -50,25 +58,36 @@ def evaluate_accuracy(runner_or_fn: RunnerOrFn, x: np.ndarray, y: np.ndarray, *,
         ConfigError: ``batch_size`` < 1.
         ModelError: The model returns the wrong number of rows.
     """
+    accuracy, logits = evaluate(runner_or_fn, ArrayEvalSet(x, y), batch_size=batch_size)
+    return float(accuracy), logits
+
+
+def evaluate(runner_or_fn: RunnerOrFn, data: EvalSet, *, batch_size: int = 256
+             ) -> tuple[float | None, np.ndarray]:
+    """Logits of the whole split, and top-1 accuracy (None when ``data`` has no labels).
+
+    Raises:
+        ConfigError: ``batch_size`` < 1.
+        ModelError: The model returns the wrong number of rows.
+    """
     if batch_size < 1:
         raise ConfigError(f"accuracy batch_size must be >= 1, got {batch_size}")
-    y = np.asarray(y).reshape(-1)
-    if len(x) == 0 or len(x) != len(y):
-        raise DataError(f"need equally many inputs and labels, got {len(x)} and {len(y)}")
     fn = _as_fn(runner_or_fn)
+    runner = runner_or_fn if fn is not runner_or_fn else None
     outs = []
-    for start in range(0, len(x), batch_size):
-        batch = x[start:start + batch_size]
+    for batch in data.batches(batch_size, runner):
+        rows = feed_rows(batch)
         out = np.asarray(fn(batch))
-        if out.ndim < 1 or out.shape[0] != len(batch):
-            raise ModelError(f"model returned shape {out.shape} for a batch of {len(batch)}")
-        outs.append(out.reshape(len(batch), -1))
+        if out.ndim < 1 or out.shape[0] != rows:
+            raise ModelError(f"model returned shape {out.shape} for a batch of {rows}")
+        outs.append(out.reshape(rows, -1))
     logits = np.concatenate(outs, axis=0)
-    accuracy = float(np.mean(np.argmax(logits, axis=1) == y))
-    return accuracy, logits
+    if data.labels is None:
+        return None, logits
+    return float(np.mean(np.argmax(logits, axis=1) == data.labels)), logits
 
 
-def timed_call(runner: Runner, batch: np.ndarray) -> Callable[[], object]:
+def timed_call(runner: Runner, batch: Feed) -> Callable[[], object]:
     """The zero-argument callable the latency loop times for ``runner`` on ``batch``.
 
     A runner may offer ``timed_call(batch)`` returning a call bound to an already prepared input
@@ -94,14 +113,16 @@ def _checked_settings(n_test: int, *, batch_size: int, warmup: int, runs: int,
     return min_runs
 
 
-def benchmark_runner(runner: Runner, x_test: np.ndarray, y_test: np.ndarray | None, *,
-                     warmup: int, runs: int, batch_size: int = 1,
+def benchmark_runner(runner: Runner, x_test: np.ndarray | EvalSet, y_test: np.ndarray | None = None,
+                     *, warmup: int, runs: int, batch_size: int = 1,
                      max_seconds: float | None = None, min_runs: int | None = None,
                      ) -> dict[str, Any]:
     """Accuracy on the whole test set plus latency on a fixed batch of its first samples.
 
-    Latency always uses the same prepared float32 batch so no data handling is timed. Without
-    labels (``y_test`` None: a benchmark on synthetic inputs) accuracy is ``None``.
+    Latency always uses the same prepared batch so no data handling is timed. ``x_test`` is
+    an :class:`~edgecompress.bench.evalset.EvalSet` or the inputs (one array, or name ->
+    array) with their labels ``y_test``; without labels (a benchmark on synthetic inputs)
+    accuracy is ``None``.
 
     Returns:
         ``{"accuracy": float | None, "latency_ms": LatencyStats.to_dict(),
@@ -110,18 +131,15 @@ def benchmark_runner(runner: Runner, x_test: np.ndarray, y_test: np.ndarray | No
     Raises:
         ConfigError: ``batch_size`` < 1 or larger than the test set; bad ``warmup``/``runs``.
     """
-    min_runs = _checked_settings(len(x_test), batch_size=batch_size, warmup=warmup, runs=runs,
+    data = as_eval_set(x_test, y_test)
+    min_runs = _checked_settings(len(data), batch_size=batch_size, warmup=warmup, runs=runs,
                                  min_runs=min_runs, max_seconds=max_seconds)
-    if y_test is None:
-        accuracy, logits = None, np.concatenate(
-            [np.asarray(runner.run(x_test[i:i + 256])) for i in range(0, len(x_test), 256)])
-    else:
-        accuracy, logits = evaluate_accuracy(runner, x_test, y_test)
-    batch = np.ascontiguousarray(x_test[:batch_size], dtype=np.float32)
+    accuracy, logits = evaluate(runner, data)
+    batch = data.timing_feed(batch_size)
     stats = measure_latency(timed_call(runner, batch), warmup=warmup, runs=runs,
                             threads=runner.threads, batch_size=batch_size,
                             max_seconds=max_seconds, min_runs=min_runs,
-                            input_shape=batch.shape)
+                            input_shape=feed_shape(batch))
     logger.info("accuracy %s, latency p50 %.3f ms (batch %d, %d threads)",
                 "-" if accuracy is None else f"{accuracy:.4f}", stats.p50, batch_size,
                 runner.threads)
@@ -129,8 +147,8 @@ def benchmark_runner(runner: Runner, x_test: np.ndarray, y_test: np.ndarray | No
             "logits": logits}
 
 
-def benchmark_runners(runners: Mapping[str, Runner], x_test: np.ndarray,
-                      y_test: np.ndarray | None, *, warmup: int, runs: int,
+def benchmark_runners(runners: Mapping[str, Runner], x_test: np.ndarray | EvalSet,
+                      y_test: np.ndarray | None = None, *, warmup: int, runs: int,
                       batch_size: int = 1, max_seconds: float | None = None,
                       min_runs: int | None = None, rounds: int | None = None,
                       evaluate: Collection[str] | None = None,
@@ -143,6 +161,8 @@ def benchmark_runners(runners: Mapping[str, Runner], x_test: np.ndarray,
 
     Args:
         runners: Engine name -> runner; all are timed on the same prepared batch.
+        x_test: An :class:`~edgecompress.bench.evalset.EvalSet`, or the inputs (labels in
+            ``y_test``) as :func:`benchmark_runner` takes them.
         evaluate: Names whose accuracy and logits are computed (default: all).
 
     Returns:
@@ -152,24 +172,21 @@ def benchmark_runners(runners: Mapping[str, Runner], x_test: np.ndarray,
     Raises:
         ConfigError: ``batch_size`` < 1 or larger than the test set; bad ``warmup``/``runs``.
     """
-    min_runs = _checked_settings(len(x_test), batch_size=batch_size, warmup=warmup, runs=runs,
+    data = as_eval_set(x_test, y_test)
+    min_runs = _checked_settings(len(data), batch_size=batch_size, warmup=warmup, runs=runs,
                                  min_runs=min_runs, max_seconds=max_seconds)
     out: dict[str, dict[str, Any]] = {}
     for name, runner in runners.items():
         accuracy, logits = None, None
         if evaluate is None or name in evaluate:
-            if y_test is None:
-                logits = np.concatenate([np.asarray(runner.run(x_test[i:i + 256]))
-                                         for i in range(0, len(x_test), 256)])
-            else:
-                accuracy, logits = evaluate_accuracy(runner, x_test, y_test)
+            accuracy, logits = _evaluate(runner, data)
         out[name] = {"accuracy": accuracy, "logits": logits}
-    batch = np.ascontiguousarray(x_test[:batch_size], dtype=np.float32)
+    batch = data.timing_feed(batch_size)
     result = measure_interleaved({k: timed_call(r, batch) for k, r in runners.items()},
                                  warmup=warmup, runs=runs, rounds=rounds,
                                  threads={k: r.threads for k, r in runners.items()},
                                  batch_size=batch_size, max_seconds=max_seconds,
-                                 min_runs=min_runs, input_shape=batch.shape)
+                                 min_runs=min_runs, input_shape=feed_shape(batch))
     for name, stats in result.stats.items():
         out[name]["latency_ms"] = stats.to_dict()
         out[name]["samples_ms"] = stats.samples_ms
@@ -177,3 +194,6 @@ def benchmark_runners(runners: Mapping[str, Runner], x_test: np.ndarray,
                     "-" if out[name]["accuracy"] is None else f"{out[name]['accuracy']:.4f}",
                     stats.p50, stats.cpu_p50, stats.rounds)
     return out, result
+
+
+_evaluate = evaluate  # benchmark_runners' ``evaluate`` argument shadows the function

@@ -15,9 +15,9 @@ export configs); this is ours. A family is registered by its recipe ``task`` (se
   in ``report.md``; the shared report stage adds targets, stage timings, environment and gate
   and renders report.md, report.html and junit.xml the same way for every family.
 
-Stage classes that are already family-agnostic (the report stage) are shared; the training,
-pruning, export and bench stages move behind this interface one at a time (see the README's
-"Model families").
+Stage classes that are family-agnostic are shared: data, bench and report (the bench stage asks
+the family which files each target's engines come from and what they are fed). The training,
+pruning and export stages are still per family (see the README's "Model families").
 """
 
 from __future__ import annotations
@@ -126,6 +126,28 @@ class ModelFamily(ABC):
         """The shared data stage's work: load and split the data (``ctx``), write what the run
         records of it into ``out_dir`` (``dataset.json``; a calibration subset for families that
         calibrate) and return ``(outputs, metrics)``."""
+
+    # --- bench (the shared bench stage asks these; a family without engines needs none) ----
+
+    def bench_inputs(self, ctx: Context) -> dict[str, Path]:
+        """Files the bench stage's results depend on (hashed for resume)."""
+        raise NotImplementedError(f"{self.task}: the bench stage needs bench_inputs")
+
+    def bench_reference(self, ctx: Context) -> tuple[Any, Any]:
+        """``(logits of the final float student on the test split, macs)`` where
+        ``macs(target)`` is the student's MACs per sample at that target's input (or None)."""
+        raise NotImplementedError(f"{self.task}: the bench stage needs bench_reference")
+
+    def eval_set(self, ctx: Context, target: Any) -> Any:
+        """The test split as ``target``'s engines are fed it (an
+        :class:`~edgecompress.bench.evalset.EvalSet`)."""
+        raise NotImplementedError(f"{self.task}: the bench stage needs eval_set")
+
+    def engine_sources(self, ctx: Context, target: Any, fp32_reference: Any) -> Any:
+        """The files ``target``'s engines are built from and the logits its student engine is
+        compared with (:class:`~edgecompress.stages.bench.EngineSources`), or a string saying
+        why this target has nothing to build (it is then reported skipped)."""
+        raise NotImplementedError(f"{self.task}: the bench stage needs engine_sources")
 
     # --- report ------------------------------------------------------------------------------
 

@@ -124,6 +124,65 @@ class ImageFamily(ModelFamily):
         # The converter sees the pruned shapes (ConvNeXt converts whole but not pruned).
         check_tflite_convertible(ctx, {"teacher": teacher, "student": pruned or student})
 
+    # --- bench -------------------------------------------------------------------------------
+
+    def bench_inputs(self, ctx: Any) -> dict[str, Path]:
+        from edgecompress.stages.common import final_student_source
+        from edgecompress.stages.export import float_suffixes
+        from edgecompress.stages.qat import preset_artifact, preset_reference, required_presets
+
+        files = {"student": final_student_source(ctx)}
+        for suffix in float_suffixes(ctx):
+            for role in ("student", "teacher"):
+                files[f"{role}{suffix}" if suffix != ".onnx" else f"{role}_onnx"] = \
+                    ctx.run_dir / "export" / f"{role}{suffix}"
+        if ctx.recipe.stages.qat.enabled:
+            for preset in required_presets(ctx.recipe):
+                files[f"{preset}_int8"] = preset_artifact(ctx.run_dir, preset)
+                files[f"{preset}_reference"] = preset_reference(ctx.run_dir, preset)
+        return files
+
+    def bench_reference(self, ctx: Any) -> tuple[Any, Any]:
+        from edgecompress.stages.common import load_final_student
+        from edgecompress.training import predict_logits
+
+        student = load_final_student(ctx)
+        logits = predict_logits(student, ctx.bundle.test.x, ctx.dist.device)
+        macs = _student_macs(student, ctx.bundle.input_shape)
+        return logits, lambda _target: macs
+
+    def eval_set(self, ctx: Any, target: Any) -> Any:
+        from edgecompress.bench.evalset import ArrayEvalSet
+
+        return ArrayEvalSet(ctx.bundle.test.x, ctx.bundle.test.y)
+
+    def engine_sources(self, ctx: Any, target: Any, fp32_reference: Any) -> Any:
+        """Float targets start from the exported FP32 file of the backend's format and are
+        compared with the float student; int8 targets start from their preset's quantized
+        model and are compared with the PyTorch int8 model (comparing with the float student
+        would blame the engine for quantization error)."""
+        import numpy as np
+
+        from edgecompress.backends import get_backend
+        from edgecompress.stages.bench import EngineSources
+
+        export = ctx.run_dir / "export"
+        suffix = get_backend(target.backend).capabilities.artifact_suffixes[0]
+        float_student, teacher = export / f"student{suffix}", export / f"teacher{suffix}"
+        if target.precision != "int8":
+            return EngineSources(float_student, teacher, fp32_reference)
+        from edgecompress.quant.presets import preset_for_target
+        from edgecompress.stages.qat import preset_artifact, preset_reference
+
+        preset = preset_for_target(target.backend, target.quant_preset, target.isa)
+        source = preset_artifact(ctx.run_dir, preset)
+        if not source.is_file():
+            return f"no {preset} int8 model was produced ({source.name} missing: see the qat stage)"
+        ref_path = preset_reference(ctx.run_dir, preset)
+        reference = np.load(ref_path) if ref_path.is_file() else fp32_reference
+        return EngineSources(source, teacher, reference, fp32=float_student,
+                             entry={"quant_preset": preset})
+
     def data_fingerprint(self, ctx: Any) -> str:
         return ctx.bundle.fingerprint()  # content hash of the split arrays / files
 
@@ -182,6 +241,18 @@ class ImageFamily(ModelFamily):
 
     def run_blocks(self, report: dict[str, Any]) -> dict[str, Any]:
         return {"distillation": report.get("distillation")}
+
+
+def _student_macs(student: Any, input_shape: Any) -> int | None:
+    """MACs of one forward pass of the student (None where they cannot be counted)."""
+    from edgecompress.errors import ModelError
+    from edgecompress.models import count_macs
+
+    try:
+        return int(count_macs(student, tuple(input_shape)))
+    except ModelError as err:
+        logger.warning("student MACs not counted (%s): no GMAC/s in the report", err)
+        return None
 
 
 def quantization_summary(qat: dict[str, Any]) -> dict[str, Any] | None:

@@ -1,8 +1,9 @@
 """The device side of a remote benchmark: ``python -m edgecompress.remote.agent REQUEST.json``.
 
-The workstation copies the artifact, the exact test inputs (``inputs.npz``: ``x`` and, for
-accuracy, ``y``) and a request into a job directory on the board, runs this module there, and
-fetches ``result.json`` (+ ``logits.npy`` and a built engine). Measuring with the same
+The workstation copies the artifact, the exact test inputs (``inputs.npz``: ``x``, or
+``x:<name>`` per input of a multi-input model, and, for accuracy, ``y``) and a request into a
+job directory on the board, runs this module there, and fetches ``result.json`` (+
+``logits.npy`` and a built engine). Measuring with the same
 :func:`edgecompress.bench.benchmark_runner` as a local run keeps the numbers comparable, and the
 logits let the workstation compute parity against the PyTorch model it still holds.
 
@@ -53,6 +54,7 @@ def bench(request: dict[str, Any], job_dir: Path) -> dict[str, Any]:
 
     from edgecompress.backends import get_backend
     from edgecompress.bench import benchmark_runner
+    from edgecompress.remote.jobs import read_inputs
 
     backend = get_backend(request["backend"])
     backend.validate(request["precision"], request["threads"])
@@ -63,9 +65,7 @@ def bench(request: dict[str, Any], job_dir: Path) -> dict[str, Any]:
         artifact = backend.build(artifact, job_dir / "engine", precision=request["precision"],
                                  **request.get("build_options", {}))
         build_seconds = round(time.perf_counter() - t0, 3)
-    with np.load(job_dir / request["inputs"], allow_pickle=False) as data:
-        x = data["x"]
-        y = data["y"] if "y" in data.files else None
+    x, y = read_inputs(job_dir / request["inputs"])
     runner = backend.load(artifact, threads=request["threads"])
     try:
         measured = benchmark_runner(runner, x, y, warmup=request["warmup"],
@@ -102,14 +102,13 @@ def bench_many(request: dict[str, Any], job_dir: Path) -> dict[str, Any]:
     from edgecompress.backends import get_backend
     from edgecompress.bench import benchmark_runners
     from edgecompress.bench.speed import speed_fields
+    from edgecompress.remote.jobs import read_inputs
 
     backend = get_backend(request["backend"])
     backend.validate(request["precision"], request["threads"])
     engines: dict[str, dict[str, Any]] = {}
     runners: dict[str, Any] = {}
-    with np.load(job_dir / request["inputs"], allow_pickle=False) as data:
-        x = data["x"]
-        y = data["y"] if "y" in data.files else None
+    x, y = read_inputs(job_dir / request["inputs"])
     try:
         for spec in request["engines"]:
             artifact, build_seconds = job_dir / spec["artifact"], None

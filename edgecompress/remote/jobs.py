@@ -43,14 +43,30 @@ def last_json(stdout: bytes) -> dict[str, Any] | None:
     return None
 
 
-def write_inputs(folder: Path, x: np.ndarray, y: np.ndarray | None) -> Path:
-    """``inputs.npz`` for the agent: the exact test inputs (``x``) and labels (``y``)."""
+def write_inputs(folder: Path, x: Any, y: np.ndarray | None) -> Path:
+    """``inputs.npz`` for the agent: the exact test inputs and labels (``y``). One float array
+    is stored as ``x``; a name -> array feed (token ids and mask) as ``x:<name>`` each, dtypes
+    kept, in the feed's order."""
+    from collections.abc import Mapping
+
     inputs = folder / "inputs.npz"
-    arrays = {"x": np.ascontiguousarray(x, dtype=np.float32)}
+    if isinstance(x, Mapping):
+        arrays = {f"x:{name}": np.ascontiguousarray(a) for name, a in x.items()}
+    else:
+        arrays = {"x": np.ascontiguousarray(x, dtype=np.float32)}
     if y is not None:
         arrays["y"] = np.asarray(y)
     np.savez(inputs, **arrays)
     return inputs
+
+
+def read_inputs(path: Path) -> tuple[Any, np.ndarray | None]:
+    """What :func:`write_inputs` wrote: ``(x or name -> array, y or None)``."""
+    with np.load(path, allow_pickle=False) as data:
+        names = [k for k in data.files if k.startswith("x:")]
+        x = {k[2:]: data[k] for k in names} if names else data["x"]
+        y = data["y"] if "y" in data.files else None
+    return x, y
 
 
 def dynamic_input_shapes(onnx_path: Path | None, shape: list[int]) -> dict[str, list[int]]:

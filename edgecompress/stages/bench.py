@@ -1,6 +1,11 @@
 """bench stage: per target, build the student's and the teacher's engines with the target's backend
 and measure accuracy, parity (incl. SNR) and latency for both on this machine, in the same run.
 
+Written once for every model family: the family says which files each target's engines are
+built from and what they are compared with (:class:`EngineSources`, ``engine_sources``), and
+what the engines are fed (an :class:`~edgecompress.bench.evalset.EvalSet`: image arrays, or
+token ids and masks); building, timing, parity and the report entry are the same for all.
+
 Timing the teacher next to the student on the same machine and runtime is what makes the speedup
 number honest; absolute milliseconds from another day or machine are not comparable. Timing them
 one block after another is not enough on a shared machine (the neighbours' load changes between
@@ -15,18 +20,46 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgecompress.data.stream import parity_sample
 from edgecompress.io import atomic_write_json
-from edgecompress.recipe import TargetConfig, recipe_to_dict
 from edgecompress.stages.base import Context, Stage, StageResult
-from edgecompress.stages.common import final_student_source, load_final_student
-from edgecompress.training import predict_logits
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtraEngine:
+    """One more engine of a target, timed in the same rounds as its student (the text family's
+    teacher through ``quantize_dynamic``): reported under ``targets[].<role>``."""
+
+    source: Path
+    precision: str
+    label: str
+
+
+@dataclass
+class EngineSources:
+    """What a model family hands the bench stage for one target.
+
+    Attributes:
+        student: The file the student's engine is built from (FP32 export, or the INT8 model).
+        teacher: The file the teacher's (FP32) engine is built from.
+        reference: Logits on the test split the student engine is compared with (the PyTorch
+            int8 model for int8 targets, the float student otherwise).
+        fp32: For int8 targets: the FP32 twin's source (same student, FP32, same runtime).
+        entry: Fields the family adds to the report entry (``quant_preset``, ``seq_len``).
+        extra: More engines timed in the same rounds, by role.
+    """
+
+    student: Path
+    teacher: Path
+    reference: Any
+    fp32: Path | None = None
+    entry: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, ExtraEngine] = field(default_factory=dict)
 
 
 class BenchStage(Stage):
@@ -35,30 +68,13 @@ class BenchStage(Stage):
     name = "bench"
 
     def config(self, ctx: Context) -> dict[str, Any]:
-        return {"targets": recipe_to_dict(ctx.recipe)["targets"]}
+        return {"targets": ctx.family.recipe_to_dict(ctx.recipe)["targets"]}
 
     def inputs(self, ctx: Context) -> dict[str, Any]:
-        from edgecompress.stages.qat import preset_artifact, preset_reference, required_presets
-
-        files = {"student_onnx": ctx.run_dir / "export" / "student.onnx",
-                 "teacher_onnx": ctx.run_dir / "export" / "teacher.onnx",
-                 "student": final_student_source(ctx)}
-        from edgecompress.stages.export import float_suffixes
-
-        for suffix in float_suffixes(ctx) - {".onnx"}:
-            for role in ("student", "teacher"):
-                files[f"{role}{suffix}"] = ctx.run_dir / "export" / f"{role}{suffix}"
-        if ctx.recipe.stages.qat.enabled:
-            for preset in required_presets(ctx.recipe):
-                files[f"{preset}_int8"] = preset_artifact(ctx.run_dir, preset)
-                files[f"{preset}_reference"] = preset_reference(ctx.run_dir, preset)
-        return files
+        return ctx.family.bench_inputs(ctx)
 
     def run(self, ctx: Context) -> StageResult:
-        bundle = ctx.bundle
-        student = load_final_student(ctx)
-        reference = predict_logits(student, bundle.test.x, ctx.dist.device)
-        macs = _student_macs(student, bundle)
+        reference, macs = ctx.family.bench_reference(ctx)
         results: list[dict[str, Any] | None] = [None] * len(ctx.recipe.targets)
         local: list[tuple[int, LocalPlan]] = []
         for i, target in enumerate(ctx.recipe.targets):
@@ -67,8 +83,9 @@ class BenchStage(Stage):
                 local.append((i, prepared))
             else:
                 results[i] = prepared
-        # Local engines with the same timing settings share one interleaved benchmark, so
-        # every ratio of the run (vs teacher, int8 vs FP32) comes from same-round pairs.
+        # Local engines with the same input and timing settings share one interleaved
+        # benchmark, so every ratio of the run (vs teacher, int8 vs FP32) comes from
+        # same-round pairs.
         groups: dict[tuple, list[tuple[int, LocalPlan]]] = {}
         for i, plan in local:
             groups.setdefault(plan.timing_key(), []).append((i, plan))
@@ -90,18 +107,6 @@ class BenchStage(Stage):
             t["name"]: t["status"] for t in results})
 
 
-def _student_macs(student: Any, bundle: Any) -> int | None:
-    """MACs of one forward pass of the student (None where they cannot be counted)."""
-    from edgecompress.errors import ModelError
-    from edgecompress.models import count_macs
-
-    try:
-        return int(count_macs(student, tuple(bundle.input_shape)))
-    except ModelError as err:
-        logger.warning("student MACs not counted (%s): no GMAC/s in the report", err)
-        return None
-
-
 @dataclass
 class LocalPlan:
     """A target whose engines are built and run on this machine, waiting to be timed.
@@ -110,25 +115,34 @@ class LocalPlan:
         target: Its config.
         backend: Its backend.
         entry: The report entry so far (name, backend, precision, ...).
-        engines: Role (``student``, ``teacher``, ``fp32`` for an int8 target's FP32 twin) ->
-            built artifact.
+        engines: Role (``student``, ``teacher``, ``fp32`` for an int8 target's FP32 twin, and
+            the family's extra roles) -> built artifact.
         reference: Logits the student engine is compared with.
+        data: What its engines are fed.
+        extra: The family's extra engines, by role.
     """
 
-    target: TargetConfig
+    target: Any
     backend: Any
     entry: dict[str, Any]
     engines: dict[str, Path]
     reference: Any
+    data: Any
+    extra: dict[str, ExtraEngine] = field(default_factory=dict)
 
     def timing_key(self) -> tuple:
         t = self.target
-        return (t.warmup, t.runs, t.batch_size, t.max_seconds,
+        return (self.data.signature, t.warmup, t.runs, t.batch_size, t.max_seconds,
                 t.min_runs if t.max_seconds is not None else None)
 
 
-def prepare_target(ctx: Context, target: TargetConfig,
-                   reference_logits: Any) -> dict[str, Any] | LocalPlan:
+def _skipped(entry: dict[str, Any], reason: str) -> dict[str, Any]:
+    logger.warning("%s: skipped: %s", entry["name"], reason)
+    return {**entry, "status": "skipped", "reason": reason}
+
+
+def prepare_target(ctx: Context, target: Any, reference_logits: Any
+                   ) -> dict[str, Any] | LocalPlan:
     """Check and build one target: a finished entry (skipped, or measured on a remote device,
     which keeps its own per-engine path), or the :class:`LocalPlan` of a local target."""
     from edgecompress.backends import get_backend
@@ -137,7 +151,7 @@ def prepare_target(ctx: Context, target: TargetConfig,
     backend.validate(target.precision, target.threads)
     entry: dict[str, Any] = {"name": target.name, "backend": target.backend,
                              "precision": target.precision, "threads": target.threads}
-    if target.note:
+    if getattr(target, "note", ""):
         entry["note"] = target.note
     from edgecompress.remote.bench import remote_target_for
 
@@ -151,17 +165,17 @@ def prepare_target(ctx: Context, target: TargetConfig,
         mismatch = machine_reasons(load_profile(target.profile))
         ok, reason = not mismatch, "; ".join(mismatch)
     if not ok:
-        logger.warning("%s: skipped: %s", target.name, reason)
-        return {**entry, "status": "skipped", "reason": reason}
+        return _skipped(entry, reason)
+    sources = ctx.family.engine_sources(ctx, target, reference_logits)
+    if isinstance(sources, str):  # why the family has nothing to build for this target
+        return _skipped(entry, sources)
+    entry.update(sources.entry)
+    missing = [p for p in (sources.student, sources.teacher, sources.fp32) if p is not None
+               and not p.is_file()]
+    if missing:
+        return _skipped(entry, f"{missing[0].name} was not produced (see the log of the stage "
+                               "that writes it)")
     engine_dir = ctx.run_dir / "engines" / target.name
-    export_dir = ctx.run_dir / "export"
-    source, reference_logits, preset = student_source(ctx, target, reference_logits)
-    if not source.is_file():
-        reason = f"no {preset} int8 model was produced ({source.name} missing: see the qat stage)"
-        logger.warning("%s: skipped: %s", target.name, reason)
-        return {**entry, "status": "skipped", "reason": reason}
-    if preset:
-        entry["quant_preset"] = preset
     adb_profile = _adb_profile(target)
     builder = remote or backend  # remote: built here, or staged for a build on the device
     options: dict[str, Any] = {}
@@ -169,32 +183,35 @@ def prepare_target(ctx: Context, target: TargetConfig,
         # Float islands the converter left (the qat stage logged them) are reported in the
         # engine's fp32_nodes; gate.no_fp32_fallback decides whether they may ship.
         options["allow_float_ops"] = True
-    student_art = builder.build(source, engine_dir, precision=target.precision, **options)
-    suffix = backend.capabilities.artifact_suffixes[0]  # .onnx, or .tflite for TFLite
-    teacher_art = builder.build(export_dir / f"teacher{suffix}", engine_dir / "teacher",
-                                precision="fp32")
+    student_art = builder.build(sources.student, engine_dir, precision=target.precision,
+                                **options)
+    teacher_art = builder.build(sources.teacher, engine_dir / "teacher", precision="fp32")
+    data = ctx.family.eval_set(ctx, target)
     if remote is None and adb_profile is None:
         engines = {"student": Path(student_art), "teacher": Path(teacher_art)}
-        if target.precision == "int8":  # the FP32 twin: same student, same runtime
-            engines["fp32"] = Path(backend.build(export_dir / f"student{suffix}",
-                                                 engine_dir / "student_fp32", precision="fp32"))
-        return LocalPlan(target, backend, entry, engines, reference_logits)
+        if target.precision == "int8" and sources.fp32 is not None:
+            engines["fp32"] = Path(backend.build(sources.fp32, engine_dir / "student_fp32",
+                                                 precision="fp32"))
+        for role, extra in sources.extra.items():
+            engines[role] = Path(backend.build(extra.source, engine_dir / role,
+                                               precision=extra.precision))
+        return LocalPlan(target, backend, entry, engines, sources.reference, data,
+                         sources.extra)
     return _remote_entry(ctx, target, backend, entry, remote, adb_profile, student_art,
-                         teacher_art, reference_logits)
+                         teacher_art, sources.reference, data)
 
 
-def _remote_entry(ctx: Context, target: TargetConfig, backend: Any, entry: dict[str, Any],
+def _remote_entry(ctx: Context, target: Any, backend: Any, entry: dict[str, Any],
                   remote: Any, adb_profile: Any, student_art: Path, teacher_art: Path,
-                  reference_logits: Any) -> dict[str, Any]:
+                  reference_logits: Any, data: Any) -> dict[str, Any]:
     """Time a target on its device: over ssh the agent times teacher and student in the same
     interleaved rounds (same-round speedups, as locally); adb's benchmark_model and trtexec
     time one engine per call, so those run one after the other (``timing.scheme``)."""
     from edgecompress.bench import parity_summary
 
-    bundle = ctx.bundle
     measured: dict[str, Any] = {}
     speed = {"timing": {"scheme": "sequential", "where": "remote device"}}
-    x, y = parity_sample(bundle.test.x, bundle.test.y)  # sent to the device: bounded
+    x, y = data.sample()  # sent to the device: bounded
     if adb_profile is None and remote.interleaves:  # the agent: same rounds as a local run
         measured, speed = remote.benchmark_many(
             {"teacher": teacher_art, "student": student_art}, x, y, warmup=target.warmup,
@@ -246,14 +263,13 @@ def _engine_key(backend: Any, artifact: Path, threads: int) -> tuple[str, int, s
     return backend.name, threads, digest.hexdigest()
 
 
-def measure_local(ctx: Context, plans: list[LocalPlan], macs: int | None
-                  ) -> list[dict[str, Any]]:
-    """Time every engine of ``plans`` (same timing settings) in one interleaved benchmark and
-    return their report entries, in order."""
+def measure_local(ctx: Context, plans: list[LocalPlan], macs: Any) -> list[dict[str, Any]]:
+    """Time every engine of ``plans`` (same input and timing settings) in one interleaved
+    benchmark and return their report entries, in order. ``macs(target)``: the student's MACs
+    per sample at the target's input (None where they cannot be counted)."""
     from edgecompress.bench import benchmark_runners, parity_summary
     from edgecompress.bench.speed import speed_fields, throughput_fields
 
-    bundle = ctx.bundle
     labels: dict[tuple, str] = {}  # engine key -> its name in the benchmark
     roles: list[dict[str, str]] = []  # per plan: role -> engine name
     sources: dict[str, tuple[Any, Path, int]] = {}
@@ -272,8 +288,8 @@ def measure_local(ctx: Context, plans: list[LocalPlan], macs: int | None
         for name, (backend, artifact, threads) in sources.items():
             runners[name] = backend.load(artifact, threads=threads)
         measured, result = benchmark_runners(
-            runners, bundle.test.x, bundle.test.y, warmup=t.warmup, runs=t.runs,
-            batch_size=t.batch_size, max_seconds=t.max_seconds, min_runs=t.min_runs)
+            runners, plans[0].data, warmup=t.warmup, runs=t.runs, batch_size=t.batch_size,
+            max_seconds=t.max_seconds, min_runs=t.min_runs)
     finally:
         for runner in runners.values():
             runner.close()
@@ -292,7 +308,7 @@ def measure_local(ctx: Context, plans: list[LocalPlan], macs: int | None
             **speed_fields(result, student=mine["student"], teacher=mine["teacher"],
                            fp32_twin=mine.get("fp32")),
             "parity": parity_summary(plan.reference, student["logits"]),
-            **throughput_fields(macs, student["latency_ms"]["p50"],
+            **throughput_fields(macs(target), student["latency_ms"]["p50"],
                                 batch_size=target.batch_size, threads=target.threads,
                                 precision=target.precision),
             "samples_ms": {"student": student["samples_ms"], "teacher": teacher["samples_ms"]},
@@ -303,9 +319,14 @@ def measure_local(ctx: Context, plans: list[LocalPlan], macs: int | None
                          fp32_size_bytes=art["fp32"].stat().st_size,
                          fp32_accuracy=twin["accuracy"])
             entry["samples_ms"]["fp32"] = twin["samples_ms"]
+        for role, extra in plan.extra.items():
+            entry[role] = _extra_entry(ctx, role, extra, art[role], measured[mine[role]],
+                                       result, mine)
+            entry["samples_ms"][role] = measured[mine[role]]["samples_ms"]
         for note in entry.get("notes") or []:
             logger.warning("%s: %s", target.name, note)
-        logger.info("%s: p50 %.4f ms, %.2fx vs teacher%s%s", target.name,
+        logger.info("%s: accuracy %s, p50 %.4f ms, %.2fx vs teacher%s%s", target.name,
+                    "-" if entry["accuracy"] is None else f"{entry['accuracy']:.4f}",
                     entry["latency_ms"]["p50"], entry["speedup_vs_teacher"] or 0.0,
                     " (noisy)" if entry.get("speedup_noisy") else "",
                     f", int8 {entry['int8_speedup_vs_fp32']:.2f}x vs FP32"
@@ -314,29 +335,21 @@ def measure_local(ctx: Context, plans: list[LocalPlan], macs: int | None
     return entries
 
 
-def student_source(ctx: Context, target: TargetConfig,
-                   fp32_reference) -> tuple[Path, Any, str | None]:
-    """The file the target's student engine is built from, the logits its outputs are compared
-    with, and the INT8 preset (None for float targets).
-
-    Float targets start from the exported FP32 ONNX and are compared with the float student; int8
-    targets start from their preset's quantized model and are compared with the PyTorch int8
-    model (comparing with the float student would blame the engine for quantization error).
-    """
-    if target.precision != "int8":
-        from edgecompress.backends import get_backend
-
-        suffix = get_backend(target.backend).capabilities.artifact_suffixes[0]
-        return ctx.run_dir / "export" / f"student{suffix}", fp32_reference, None
-    import numpy as np
-
-    from edgecompress.quant.presets import preset_for_target
-    from edgecompress.stages.qat import preset_artifact, preset_reference
-
-    preset = preset_for_target(target.backend, target.quant_preset, target.isa)
-    ref_path = preset_reference(ctx.run_dir, preset)
-    reference = np.load(ref_path) if ref_path.is_file() else fp32_reference
-    return preset_artifact(ctx.run_dir, preset), reference, preset
+def _extra_entry(ctx: Context, role: str, extra: ExtraEngine, artifact: Path,
+                 measured: dict[str, Any], result: Any, names: dict[str, str]
+                 ) -> dict[str, Any]:
+    """``targets[].<role>``: an extra engine timed in the same rounds as the student;
+    ``speedup_vs_<role>`` = its p50 / the student's (median of same-round ratios; ``_cpu``: the
+    same on CPU time, which a busy machine cannot move)."""
+    pair = result.paired_ratio(names[role], names["student"])
+    cpu = result.paired_ratio(names[role], names["student"], cpu=True)
+    return {"name": extra.label, "artifact": _rel(ctx, artifact),
+            "size_bytes": artifact.stat().st_size, "accuracy": measured["accuracy"],
+            "latency_ms": measured["latency_ms"],
+            f"speedup_vs_{role}": pair["ratio"] if pair else None,
+            "speedup_noisy": bool(pair and pair["noisy"]),
+            "speedup_spread": pair["spread"] if pair else None,
+            f"speedup_vs_{role}_cpu": cpu["ratio"] if cpu else None}
 
 
 def _speedup(teacher: dict[str, Any], student: dict[str, Any]) -> float | None:
@@ -346,7 +359,7 @@ def _speedup(teacher: dict[str, Any], student: dict[str, Any]) -> float | None:
     return t / s if t and s else None
 
 
-def _adb_profile(target: TargetConfig) -> Any:
+def _adb_profile(target: Any) -> Any:
     """The target's profile when its device is a phone reached over adb, else None."""
     if not target.profile:
         return None

@@ -1,4 +1,5 @@
-"""Engine stages of the text path: export (FP32 ONNX, optimized FP32, INT8) and bench.
+"""The text family's export stage: FP32 ONNX, optimized FP32 and INT8 engine files (the shared
+bench stage builds and times them through the backends, like every family's).
 
 Artifacts (``DIR/export/``):
 
@@ -6,15 +7,16 @@ Artifacts (``DIR/export/``):
 - ``teacher.opt.onnx``, ``student.opt.onnx``: after ``onnxruntime.transformers.optimizer``
   (the FP32 engines, so the teacher baseline is the optimized one; Attention, SkipLayerNorm,
   BiasGelu fused on the TorchScript export, counted in ``metrics[role]["fused"]``);
-- ``student.int8.onnx``: the INT8 engine (``quant.method``), its ORT kernels counted;
+- ``student.int8.onnx``: the INT8 engine (``quant.method``), its ORT kernels counted, with
+  ``student.int8.onnx.engine.json`` (the session settings it is served with);
 - ``teacher.int8.onnx`` (``quant.teacher_reference``): the FP32 teacher through ONNX Runtime's
-  ``quantize_dynamic`` with the same settings, the reference engine of every int8 target.
+  ``quantize_dynamic`` with the same settings, the reference engine of every int8 target;
+- ``<role>.s<L>.tflite``: FP32 flatbuffers at each TFLite target's sequence length.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import numpy as np
 
 from edgecompress.backends import get_backend
 from edgecompress.errors import ModelError
-from edgecompress.io import atomic_path, atomic_write_json
+from edgecompress.io import atomic_write_json
 from edgecompress.stages.base import Stage, StageResult
 from edgecompress.text.context import TextContext
 from edgecompress.text.recipe import text_recipe_to_dict
@@ -46,7 +48,7 @@ class TextExportStage(Stage):
     def config(self, ctx: TextContext) -> dict[str, Any]:
         raw = text_recipe_to_dict(ctx.recipe)
         return {"export": raw["export"], "quant": raw["quant"],
-                "tflite_seq_lens": tflite_seq_lens(ctx)}
+                "tflite_seq_lens": tflite_seq_lens(ctx), "engine_descriptions": 1}
 
     def inputs(self, ctx: TextContext) -> dict[str, Path]:
         return {"teacher": ctx.run_dir / "teacher" / "stage.json",
@@ -86,11 +88,9 @@ class TextExportStage(Stage):
         int8 = out_dir / "student.int8.onnx"
         metrics["int8"] = self._quantize(ctx, student, opt, int8, example)
         disabled = self._disabled(ctx)
-        if disabled:  # the session settings travel with the engine (the backend reads them)
-            from edgecompress.backends.onnxruntime import engine_info_path
-
-            outputs["student_int8_engine"] = engine_info_path(int8)
-            atomic_write_json(engine_info_path(int8), {"disabled_optimizers": list(disabled)})
+        # The INT8 files are finished ORT engines: their description (the session settings
+        # they are served with) travels with them, and the backend publishes them as they are.
+        outputs["student_int8_engine"] = _describe_engine(int8, disabled)
         with get_backend("onnxruntime").load(int8) as runner:
             got = runner.run({"input_ids": ids, "attention_mask": mask})
         metrics["int8"]["top1_agreement"] = float((got.argmax(1) == reference.argmax(1)).mean())
@@ -114,6 +114,7 @@ class TextExportStage(Stage):
                 **{k: ref_report[k] for k in ("int8_kernels", "int8_total", "fp32_nodes",
                                               "fp32_embeddings", "int8_embeddings")}}
             outputs["teacher_int8"] = ref_path
+            outputs["teacher_int8_engine"] = _describe_engine(ref_path, None)
         path = out_dir / "kernels.json"
         atomic_write_json(path, metrics["int8"])
         outputs["kernels"] = path
@@ -154,225 +155,11 @@ class TextExportStage(Stage):
         return qat_int8(ctx, student, out, example)
 
 
-class TextBenchStage(Stage):
-    """Per target: accuracy on the test split through ONNX Runtime, and latency at
-    ``seq_len`` of the student's engine, of the optimized FP32 teacher and (int8 targets) of
-    the FP32 student, timed in the same interleaved rounds."""
+def _describe_engine(path: Path, disabled: list[str] | None) -> Path:
+    """Write ``<path>.engine.json``: the file is an INT8 engine as it is, served with
+    ``disabled`` graph optimizers off (see ``OnnxRuntimeBackend._publish_finished``)."""
+    from edgecompress.backends.onnxruntime import engine_info_path
 
-    name = "bench"
-
-    def config(self, ctx: TextContext) -> dict[str, Any]:
-        return {"targets": text_recipe_to_dict(ctx.recipe)["targets"]}
-
-    def inputs(self, ctx: TextContext) -> dict[str, Path]:
-        return {"export": ctx.run_dir / "export" / "stage.json"}
-
-    def run(self, ctx: TextContext) -> StageResult:
-        from edgecompress.report import environment
-
-        results, outputs = [], {}
-        # Targets with the same input and timing settings share one interleaved benchmark:
-        # every engine of the group is timed in the same rounds (A B C, B C A, ...).
-        groups: dict[tuple, list[Any]] = {}
-        for target in ctx.recipe.targets:
-            groups.setdefault(_timing_key(target), []).append(target)
-        by_name = {}
-        for group in groups.values():
-            for entry in bench_text_targets(ctx, group):
-                by_name[entry["name"]] = entry
-        for target in ctx.recipe.targets:
-            entry = by_name[target.name]
-            results.append(entry)
-            for key in ("artifact", "teacher_artifact", "fp32_artifact"):
-                if entry.get(key):
-                    outputs[f"{target.name}:{key}"] = ctx.run_dir / entry[key]
-        path = ctx.stage_dir(self.name) / "results.json"
-        atomic_write_json(path, {"environment": environment(), "targets": results})
-        outputs["results"] = path
-        return StageResult(outputs=outputs, metrics={t["name"]: t["status"] for t in results})
-
-
-def engine_accuracy(runner: Any, ctx: TextContext, seq_len: int | None = None,
-                    batch: int = 64) -> tuple[float, np.ndarray]:
-    """Test accuracy and logits of a backend runner (any backend taking the ids + mask feed),
-    ``batch`` texts read and tokenized at a time; padded per batch, or to exactly ``seq_len``
-    for an engine of static shape (TFLite)."""
-    from edgecompress.text.data import collate
-
-    data = ctx.encoded("test")
-    out = []
-    for start in range(0, len(data), batch):
-        ids, mask = collate(data.take(np.arange(start, min(start + batch, len(data)))),
-                            ctx.pad_id, length=seq_len)
-        out.append(runner.run({"input_ids": ids.numpy(), "attention_mask": mask.numpy()}))
-    logits = np.concatenate(out)
-    return float((logits.argmax(1) == data.labels).mean()), logits
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-    return dst
-
-
-def _timing_key(target: Any) -> tuple:
-    return (target.seq_len, target.batch_size, target.warmup, target.runs, target.max_seconds,
-            min(target.min_runs, target.runs) if target.max_seconds is not None else None)
-
-
-def bench_text_targets(ctx: TextContext, targets: list[Any]) -> list[dict[str, Any]]:
-    """Report entries (plus raw samples for results.json) of targets sharing input and timing
-    settings: their engines (teacher, FP32 student, each INT8 engine) are timed together in
-    interleaved rounds and every speedup is a median of same-round ratios."""
-    import hashlib
-
-    from edgecompress.bench import measure_interleaved, parity_summary
-    from edgecompress.bench.speed import speed_fields, throughput_fields
-    from edgecompress.text.data import fixed_length_input
-    from edgecompress.text.models import encoder_macs
-    from edgecompress.text.stages import load_run_model
-    from edgecompress.text.train import predict
-
-    export = ctx.run_dir / "export"
-    first = targets[0]
-    tok = ctx.tokenizer
-    ids, mask = fixed_length_input(ctx.encoded("test"), first.seq_len, first.batch_size,
-                                   tok.cls_token_id, tok.sep_token_id)
-    feed = {"input_ids": ids, "attention_mask": mask}
-    engines: dict[tuple, str] = {}  # (bytes, disabled optimizers, threads) -> engine name
-    opened: dict[str, tuple[Path, list[str] | None, int]] = {}
-    plans, skipped = [], {}
-    for target in targets:
-        arts = _engines(ctx, target)
-        if isinstance(arts, str):
-            logger.warning("%s: skipped: %s", target.name, arts)
-            skipped[target.name] = {"name": target.name, "backend": target.backend,
-                                    "precision": target.precision, "threads": target.threads,
-                                    "seq_len": target.seq_len, "status": "skipped",
-                                    "reason": arts}
-            continue
-        if target.precision == "int8":  # the FP32 twin: the same student, FP32, same runtime
-            arts["fp32"] = export / "student.opt.onnx"
-        if ctx.recipe.quant.teacher_reference:  # teacher + quantize_dynamic, same rounds
-            arts["reference"] = export / "teacher.int8.onnx"
-        disabled = TextExportStage._disabled(ctx) if target.precision == "int8" else None
-        names = {}
-        for role, path in arts.items():
-            off = disabled if role == "student" else None
-            key = (hashlib.sha256(path.read_bytes()).hexdigest(), tuple(off or ()),
-                   target.threads)
-            if key not in engines:
-                engines[key] = f"{target.name}/{role}"
-                opened[engines[key]] = (path, off, target.threads)
-            names[role] = engines[key]
-        plans.append((target, arts, names, disabled))
-    if not plans:
-        return [skipped[t.name] for t in targets]
-    measured: dict[str, dict[str, Any]] = {}
-    calls = {}
-    for name, (path, _, threads) in opened.items():
-        # The shared backends' runners (ORT reads the engine's session settings next to it);
-        # TFLite engines have a static (1, seq_len) input, so their texts are padded to it.
-        static = path.suffix == ".tflite"
-        runner = get_backend("tflite" if static else "onnxruntime").load(path, threads=threads)
-        acc, logits = engine_accuracy(runner, ctx, first.seq_len if static else None)
-        calls[name] = runner.timed_call(feed)
-        measured[name] = {"accuracy": acc, "logits": logits}
-    result = measure_interleaved(
-        calls, warmup=first.warmup, runs=first.runs,
-        threads={name: threads for name, (_, _, threads) in opened.items()},
-        batch_size=first.batch_size, max_seconds=first.max_seconds,
-        min_runs=min(first.min_runs, first.runs), input_shape=list(ids.shape))
-    student_model = load_run_model(ctx.final_student_dir())
-    reference = predict(student_model, ctx.encoded("test"), ctx.pad_id)
-    macs = encoder_macs(student_model, first.seq_len)
-    entries = []
-    for target, arts, names, disabled in plans:
-        s_lat, t_lat = (result.stats[names[r]] for r in ("student", "teacher"))
-        entry = {
-            "name": target.name, "backend": target.backend, "precision": target.precision,
-            "threads": target.threads, "seq_len": target.seq_len, "status": "ok", "reason": "",
-            "artifact": str(arts["student"].relative_to(ctx.run_dir)),
-            "size_bytes": arts["student"].stat().st_size,
-            "teacher_artifact": str(arts["teacher"].relative_to(ctx.run_dir)),
-            "teacher_size_bytes": arts["teacher"].stat().st_size,
-            "accuracy": measured[names["student"]]["accuracy"],
-            "teacher_accuracy": measured[names["teacher"]]["accuracy"],
-            "latency_ms": s_lat.to_dict(), "teacher_latency_ms": t_lat.to_dict(),
-            **speed_fields(result, student=names["student"], teacher=names["teacher"],
-                           fp32_twin=names.get("fp32")),
-            "parity": parity_summary(reference, measured[names["student"]]["logits"]),
-            **throughput_fields(macs, s_lat.p50, batch_size=target.batch_size,
-                                threads=target.threads, precision=target.precision),
-            "samples_ms": {"student": s_lat.samples_ms, "teacher": t_lat.samples_ms},
-        }
-        if "fp32" in names:
-            entry.update(fp32_artifact=str(arts["fp32"].relative_to(ctx.run_dir)),
-                         fp32_size_bytes=arts["fp32"].stat().st_size,
-                         fp32_accuracy=measured[names["fp32"]]["accuracy"])
-            entry["samples_ms"]["fp32"] = result.stats[names["fp32"]].samples_ms
-        if "reference" in names:
-            entry["reference"] = _reference_entry(result, names, measured, arts["reference"],
-                                                  ctx.run_dir)
-            entry["samples_ms"]["reference"] = result.stats[names["reference"]].samples_ms
-        if target.precision == "int8":
-            from edgecompress.text.quant import kernel_report
-
-            kr = kernel_report(arts["student"], disabled=disabled)
-            entry["int8_kernels"] = kr["int8_kernels"]
-            entry["fp32_nodes"] = kr["fp32_nodes"]
-        for note in entry.get("notes") or []:
-            logger.warning("%s: %s", target.name, note)
-        logger.info("%s: accuracy %.4f, p50 %.3f ms, %.2fx vs teacher%s", target.name,
-                    entry["accuracy"], s_lat.p50, entry["speedup_vs_teacher"] or 0.0,
-                    " (noisy)" if entry.get("speedup_noisy") else "")
-        entries.append(entry)
-    by_name = {e["name"]: e for e in entries} | skipped
-    return [by_name[t.name] for t in targets]
-
-
-def _engines(ctx: TextContext, target: Any) -> dict[str, Path] | str:
-    """The student's and the teacher's engine files of ``target`` in ``engines/<name>/``
-    (built by the target's backend), or why there are none."""
-    export, engine = ctx.run_dir / "export", ctx.run_dir / "engines" / target.name
-    if target.profile:  # a profile's numbers are only true on a machine that matches it
-        from edgecompress.targets import load_profile, machine_reasons
-
-        mismatch = machine_reasons(load_profile(target.profile))
-        if mismatch:
-            return "; ".join(mismatch)
-    if target.backend == "tflite":
-        from edgecompress.text.tflite import tflite_path
-
-        backend = get_backend("tflite")
-        ok, reason = backend.availability()
-        sources = {role: tflite_path(export, role, target.seq_len)
-                   for role in ("student", "teacher")}
-        if ok and not all(p.is_file() for p in sources.values()):
-            ok, reason = False, "no TFLite engine was exported (see the export stage's log)"
-        if not ok:
-            return reason
-        return {"student": backend.build(sources["student"], engine, precision="fp32"),
-                "teacher": backend.build(sources["teacher"], engine / "teacher",
-                                         precision="fp32")}
-    src = export / ("student.int8.onnx" if target.precision == "int8" else "student.opt.onnx")
-    return {"student": _copy(src, engine / "model.onnx"),
-            "teacher": _copy(export / "teacher.opt.onnx", engine / "teacher" / "model.onnx")}
-
-
-def _reference_entry(result: Any, names: dict[str, str], measured: dict[str, Any], path: Path,
-                     run_dir: Path) -> dict[str, Any]:
-    """``targets[].reference``: the teacher through ``quantize_dynamic``, timed in the same
-    rounds as the student's engine; ``speedup_vs_reference`` = reference / student (median of
-    same-round ratios; ``_cpu``: the same on CPU time, which a busy machine cannot move), so a
-    user sees whether distillation paid over quantizing alone."""
-    pair = result.paired_ratio(names["reference"], names["student"])
-    cpu = result.paired_ratio(names["reference"], names["student"], cpu=True)
-    return {"name": "teacher + quantize_dynamic", "artifact": str(path.relative_to(run_dir)),
-            "size_bytes": path.stat().st_size,
-            "accuracy": measured[names["reference"]]["accuracy"],
-            "latency_ms": result.stats[names["reference"]].to_dict(),
-            "speedup_vs_reference": pair["ratio"] if pair else None,
-            "speedup_noisy": bool(pair and pair["noisy"]),
-            "speedup_spread": pair["spread"] if pair else None,
-            "speedup_vs_reference_cpu": cpu["ratio"] if cpu else None}
+    info = engine_info_path(path)
+    atomic_write_json(info, {"disabled_optimizers": list(disabled or ())})
+    return info

@@ -4,9 +4,10 @@ teachers, DistilBERT/TinyBERT-style students, head and FFN pruning, INT8 on ONNX
 Runs in the one :class:`~edgecompress.pipeline.Pipeline` (run directory ownership, manifests,
 resume, lock) and reports through the shared report stage (report.json, report.md, report.html,
 junit.xml, the gate), trains through the shared loop (:func:`edgecompress.training.fit`) and
-runs its engines through the shared backends' runners. Its stage classes for teacher, distill,
-prune, export and bench are still its own (:mod:`edgecompress.text.stages`,
-:mod:`edgecompress.text.engines`); they move onto the shared stage classes next.
+builds, scores and times its engines in the shared bench stage (it says which files and what
+they are fed: :class:`~edgecompress.text.evalset.TokenEvalSet`). Its stage classes for teacher,
+distill, prune and export are still its own (:mod:`edgecompress.text.stages`,
+:mod:`edgecompress.text.engines`).
 """
 
 from __future__ import annotations
@@ -72,13 +73,14 @@ class TextFamily(ModelFamily):
         return TextContext(recipe, run_dir, dist_info)
 
     def stages(self) -> list[Any]:
+        from edgecompress.stages.bench import BenchStage
         from edgecompress.stages.data import DataStage
         from edgecompress.stages.report import ReportStage
-        from edgecompress.text.engines import TextBenchStage, TextExportStage
+        from edgecompress.text.engines import TextExportStage
         from edgecompress.text.stages import DistillStage, TeacherStage, TextPruneStage
 
         return [DataStage(), TeacherStage(), DistillStage(), TextPruneStage(),
-                TextExportStage(), TextBenchStage(), ReportStage()]
+                TextExportStage(), BenchStage(), ReportStage()]
 
     def preflight(self, ctx: Any) -> None:
         """Runtimes present, data loads, the teacher directory exists, the student's layers fit
@@ -110,6 +112,51 @@ class TextFamily(ModelFamily):
                     check_layer_map([tuple(p) for p in section.layer_map], len(kept), depth)
         if recipe.prune.enabled and recipe.prune.heads_ratio == 0 and recipe.prune.ffn_ratio == 0:
             raise ConfigError("prune.enabled: set prune.heads_ratio and/or prune.ffn_ratio > 0")
+
+    # --- bench -------------------------------------------------------------------------------
+
+    def bench_inputs(self, ctx: Any) -> dict[str, Path]:
+        return {"export": ctx.run_dir / "export" / "stage.json"}
+
+    def bench_reference(self, ctx: Any) -> tuple[Any, Any]:
+        """The final student's test logits; its encoder MACs at each target's ``seq_len``."""
+        from edgecompress.text.models import encoder_macs
+        from edgecompress.text.stages import load_run_model
+        from edgecompress.text.train import predict
+
+        student = load_run_model(ctx.final_student_dir())
+        logits = predict(student, ctx.encoded("test"), ctx.pad_id)
+        return logits, lambda target: encoder_macs(student, target.seq_len)
+
+    def eval_set(self, ctx: Any, target: Any) -> Any:
+        from edgecompress.text.evalset import TokenEvalSet
+
+        tok = ctx.tokenizer
+        return TokenEvalSet(ctx.encoded("test"), ctx.pad_id, target.seq_len, tok.cls_token_id,
+                            tok.sep_token_id)
+
+    def engine_sources(self, ctx: Any, target: Any, fp32_reference: Any) -> Any:
+        """TFLite: the flatbuffers converted at the target's ``seq_len``. ONNX Runtime: the
+        optimized FP32 files, or the INT8 student (its FP32 twin the optimized student); with
+        ``quant.teacher_reference``, the teacher through ``quantize_dynamic`` is timed in the
+        same rounds (``targets[].reference``). Every engine is compared with the float
+        student, as ORT's dynamic INT8 has no PyTorch twin."""
+        from edgecompress.stages.bench import EngineSources, ExtraEngine
+        from edgecompress.text.tflite import tflite_path
+
+        export, entry = ctx.run_dir / "export", {"seq_len": target.seq_len}
+        if target.backend == "tflite":
+            return EngineSources(tflite_path(export, "student", target.seq_len),
+                                 tflite_path(export, "teacher", target.seq_len),
+                                 fp32_reference, entry=entry)
+        teacher, student = export / "teacher.opt.onnx", export / "student.opt.onnx"
+        extra = {"reference": ExtraEngine(export / "teacher.int8.onnx", "int8",
+                                          "teacher + quantize_dynamic")} \
+            if ctx.recipe.quant.teacher_reference else {}
+        if target.precision != "int8":
+            return EngineSources(student, teacher, fp32_reference, entry=entry, extra=extra)
+        return EngineSources(export / "student.int8.onnx", teacher, fp32_reference,
+                             fp32=student, entry=entry, extra=extra)
 
     def data_fingerprint(self, ctx: Any) -> str:
         return ctx.bundle.fingerprint

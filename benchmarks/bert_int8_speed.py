@@ -85,8 +85,8 @@ def main() -> None:
                         default=Path(__file__).parent / "results" / "bert_int8_speed.json")
     args = parser.parse_args()
     from edgecompress.backends.onnxruntime import OnnxRuntimeRunner
-    from edgecompress.text.data import fixed_length_input
     from edgecompress.bench.accuracy import evaluate
+    from edgecompress.text.data import fixed_length_input
     from edgecompress.text.evalset import TokenEvalSet
     from edgecompress.text.export import ort_session
     from edgecompress.text.quant import QDQ_DISABLED, kernel_report

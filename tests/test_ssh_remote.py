@@ -360,3 +360,50 @@ def test_benchmark_many_builds_on_the_board_and_interleaves(sshd, onnx_model, tm
                                rtol=1e-4, atol=1e-5)  # the same model, built on the board
     assert measured["student"]["remote"]["build_seconds"] >= 0
     assert not any((sshd.root / "board work; dir").iterdir())  # job directory cleaned up
+
+
+@pytest.mark.slow
+def test_text_target_on_an_ssh_profile(sshd, tmp_path):
+    """Issue 12: a text student reaches an ssh device through the shared bench stage. Token ids
+    and masks travel as a multi-input feed, and the static INT8 engine's description (the
+    graph optimizers it runs without) travels with it, so the board scores it as this machine
+    does."""
+    pytest.importorskip("transformers", reason="transformers not installed (extra: text)")
+    from tests.text_fixtures import tiny_bert_dir, write_sentiment_csv
+
+    profiles = tmp_path / "targets"
+    profiles.mkdir()
+    (profiles / "ssh-board.yaml").write_text(yaml.safe_dump(sshd.profile(precision="int8")))
+    data = write_sentiment_csv(tmp_path / "reviews.csv", rows=160)
+    teacher = tiny_bert_dir(tmp_path / "teacher", layers=2, hidden=32, heads=4, ffn=64)
+    timing = {"seq_len": 24, "runs": 5, "warmup": 1, "min_runs": 5}
+    recipe = {
+        "version": 1, "task": "text-classification", "name": "tiny-ssh",
+        "data": {"path": str(data), "labels": ["neg", "pos"], "max_length": 24},
+        "teacher": {"path": str(teacher), "finetune": {"epochs": 6, "lr": 0.003,
+                                                       "batch_size": 16}},
+        "student": {"keep_layers": [1]},
+        "distill": {"epochs": 2, "lr": 0.002, "batch_size": 16},
+        "quant": {"method": "ptq_static", "calibration_samples": 32,
+                  "teacher_reference": False},
+        "targets": [{"name": "here", "precision": "int8", **timing},
+                    {"profile": "ssh-board", **timing}],
+    }
+    path = tmp_path / "text.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    out = tmp_path / "run"
+    result = run_cli("run", str(path), "--out", str(out),
+                     env={"EDGECOMPRESS_TARGETS_DIR": str(profiles)})
+    assert result.returncode in (0, 1), result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    here, board = report["targets"]
+    assert board["status"] == "ok", board
+    assert board["remote"]["kind"] == "ssh" and board["remote"]["port"] == sshd.port
+    assert board["seq_len"] == 24 and board["latency_ms"]["input_shape"] == [1, 24]
+    assert board["timing"]["scheme"] == "interleaved" and board["timing"]["where"] == \
+        "remote device"
+    # The board ran the same engine on the same texts: same decisions as here.
+    assert board["accuracy"] == pytest.approx(here["accuracy"], abs=0.02)
+    assert board["parity"]["top1_agreement"] == pytest.approx(
+        here["parity"]["top1_agreement"], abs=0.02)
+    assert board["int8_kernels"] == here["int8_kernels"] and board["int8_kernels"]

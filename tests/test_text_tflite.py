@@ -57,7 +57,7 @@ def test_text_targets_take_local_profiles_and_refuse_remote_ones(tmp_path):
     path = _recipe(tmp_path, [{"profile": "jetson-orin-nano"}])
     done = run_cli("validate", path)
     assert done.returncode == 2 and "targets.0" in done.stderr
-    assert "run locally on onnxruntime or tflite" in done.stderr
+    assert "run on onnxruntime or tflite, here or on an ssh device" in done.stderr
 
 
 @pytest.mark.slow

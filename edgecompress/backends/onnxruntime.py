@@ -275,9 +275,9 @@ class OnnxRuntimeBackend(Backend):
                 so.optimized_model_filepath = str(opt)
                 self._session(ort, tmp, so, disabled)
             census = kernel_census(load(out_dir / OPTIMIZED_NAME))
-        if census["int8_total"] == 0:
-            raise ModelError(f"{source}: ONNX Runtime runs no int8 kernel (ops: "
-                             f"{census['ops']}); the INT8 engine would silently be FP32")
+            if census["int8_total"] == 0:  # raised before the artifact is published
+                raise ModelError(f"{source}: ONNX Runtime runs no int8 kernel (ops: "
+                                 f"{census['ops']}); the INT8 engine would silently be FP32")
         atomic_write_json(out_dir / ENGINE_INFO_NAME, {**info, "precision": "int8",
                                                        "published_as_is": True, **census})
         logger.info("onnxruntime int8 engine %s (as exported): %d int8 kernels %s", artifact,
@@ -316,15 +316,24 @@ def engine_info_path(artifact: Path) -> Path:
     return artifact.with_name(artifact.name + "." + ENGINE_INFO_NAME)
 
 
+def engine_description(artifact: Path) -> Path | None:
+    """The file describing how ``artifact`` is served (``<artifact>.engine.json``, else the
+    ``engine.json`` of its folder), or None for a plain model. It must travel with the artifact
+    (to a remote board, say): it names the graph optimizers the engine runs without."""
+    artifact = Path(artifact)
+    for path in (engine_info_path(artifact), artifact.parent / ENGINE_INFO_NAME):
+        if path.is_file():
+            return path
+    return None
+
+
 def _engine_info(artifact: Path) -> dict[str, Any]:
     """The engine description of ``artifact``: its own ``<artifact>.engine.json``, else the
     ``engine.json`` of its folder ({} for fp32 engines)."""
     import json
 
-    path = engine_info_path(artifact)
-    if not path.is_file():
-        path = artifact.parent / ENGINE_INFO_NAME
-    if not path.is_file():
+    path = engine_description(artifact)
+    if path is None:
         return {}
     try:
         return json.loads(path.read_text())

@@ -195,7 +195,7 @@ class RemoteTarget:
             source, precision, _ = pending
             self.ssh.upload({SOURCE_NAME: source, **extra}, job)
             return SOURCE_NAME, precision
-        self.ssh.upload({artifact.name: artifact, **extra}, job)
+        self.ssh.upload({**with_description(artifact.name, artifact), **extra}, job)
         return artifact.name, None
 
     def _fetch_engine(self, remote_dir: str, name: str, artifact: Path) -> None:
@@ -271,7 +271,7 @@ class RemoteTarget:
                         raise ConfigError(f"artifact not found: {artifact}")
                     source, precision, options = staged or (artifact, None, {})
                     remote_name = f"{name}--{Path(source).name}"
-                    files[remote_name] = Path(source)
+                    files.update(with_description(remote_name, Path(source)))
                     specs.append({"name": name, "artifact": remote_name,
                                   "build": staged is not None,
                                   "precision": precision or self.profile.precision,
@@ -358,6 +358,19 @@ class RemoteTarget:
         if pending is not None:
             self._fetch_engine(job, ENGINE_NAME, artifact)
         return {"accuracy": None, "latency_ms": latency, "samples_ms": samples, "logits": None}
+
+
+def with_description(remote_name: str, artifact: Path) -> dict[str, Path]:
+    """``{remote name: artifact}`` plus the artifact's engine description, uploaded as
+    ``<remote name>.engine.json`` so the board serves the engine with the same session settings
+    (an INT8 ORT engine's disabled graph optimizers) as this machine would."""
+    from edgecompress.backends.onnxruntime import ENGINE_INFO_NAME, engine_description
+
+    files = {remote_name: Path(artifact)}
+    description = engine_description(artifact)
+    if description is not None:
+        files[f"{remote_name}.{ENGINE_INFO_NAME}"] = description
+    return files
 
 
 def remote_target(profile: TargetProfile | None, backend: Any) -> RemoteTarget | None:

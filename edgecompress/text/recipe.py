@@ -205,10 +205,11 @@ class TextTargetConfig(_Strict):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Target name (default: the "
                       "profile's name).")
-    profile: str | None = Field(None, description="A local target profile (name or YAML path, "
+    profile: str | None = Field(None, description="A target profile (name or YAML path, "
                                 "edgecompress targets lists them) whose settings and budgets "
-                                "fill the fields not given here; run only on a machine that "
-                                "matches it (else the target is reported skipped).")
+                                "fill the fields not given here: a local one runs only on a "
+                                "machine that matches it (else the target is reported "
+                                "skipped), an ssh one on its device.")
     isa: str | None = Field(None, description="The ISA class the profile requires (recorded; "
                             "text INT8 is dynamic quantization, the same on every ISA).")
     backend: Literal["onnxruntime", "tflite"] = Field(
@@ -227,18 +228,20 @@ class TextTargetConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _apply_profile(cls, raw: Any) -> Any:
-        """A profile fills what the target leaves out (the image recipe's rule); only local
-        profiles: ssh/adb devices and TensorRT are not reachable by text targets yet."""
+        """A profile fills what the target leaves out (the image recipe's rule). Local and
+        ssh profiles on onnxruntime or tflite; phones over adb (benchmark_model feeds random
+        values, not token ids) and TensorRT are not reachable by text targets yet."""
         if not isinstance(raw, dict) or not raw.get("profile"):
             return raw
         from edgecompress.targets import profile_for_validator
 
         profile = profile_for_validator(raw["profile"])
-        if profile.connection.kind != "local" or profile.backend not in ("onnxruntime",
-                                                                         "tflite"):
+        if profile.connection.kind not in ("local", "ssh") or \
+                profile.backend not in ("onnxruntime", "tflite"):
             raise ValueError(f"profile {profile.name!r} ({profile.backend} over "
                              f"{profile.connection.kind}): text-classification targets run "
-                             "locally on onnxruntime or tflite in this version")
+                             "on onnxruntime or tflite, here or on an ssh device, in this "
+                             "version")
         return profile.fill_target(raw)
 
     @model_validator(mode="after")

@@ -103,18 +103,70 @@ def test_live_model_of_another_process_is_a_clear_error():
         live_model("Linear-0000")
 
 
-def test_text_task_takes_sections_not_live_objects(tmp_path):
-    """The family decides what compress() accepts: the text family refuses live modules and
-    in-memory data before anything runs, naming the task."""
+def test_text_task_refuses_what_it_cannot_take(tmp_path):
+    """The family decides what compress() accepts: the text family names what it takes for a
+    teacher and for texts, before anything runs."""
     from torch import nn
 
     import edgecompress
 
     recipe = {"task": "text-classification", "data": {"path": "x.csv"},
               "teacher": {"scratch": {}}}
-    with pytest.raises(ConfigError, match="text-classification: teacher must be a recipe "
-                                          "section .*Linear"):
+    with pytest.raises(ConfigError, match="teacher: expected a Hugging Face directory, a "
+                                          r"\(model, tokenizer\) pair .*Linear"):
         edgecompress.compress(nn.Linear(2, 2), recipe=recipe, out=tmp_path / "r")
-    with pytest.raises(ConfigError, match="text-classification: give the data in the recipe"):
+    with pytest.raises(ConfigError, match="text-classification: student must be a recipe"):
+        edgecompress.compress(student=nn.Linear(2, 2), recipe=recipe, out=tmp_path / "r")
+    with pytest.raises(DataError, match="train: row 0 is not a"):
         edgecompress.compress(recipe=recipe, train=([1], [0]), out=tmp_path / "r")
+    with pytest.raises(DataError, match="train: row 1: the text must be a non-empty string"):
+        edgecompress.compress(recipe=recipe, train=[("good", "pos"), ("", "neg")],
+                              out=tmp_path / "r")
+    with pytest.raises(DataError, match="needs columns 'text' and 'label'"):
+        edgecompress.compress(recipe=recipe, train={"sentence": ["a"]}, out=tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_text_compress_takes_a_live_model_and_texts_in_memory(tmp_path):
+    """A Hugging Face (model, tokenizer) pair and (text, label) rows: saved/written once next
+    to the run, read by the same text stages; the same call again resumes (nothing reruns)."""
+    import csv
+
+    pytest.importorskip("transformers")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tests.text_fixtures import tiny_bert_dir, write_sentiment_csv
+
+    folder = tiny_bert_dir(tmp_path / "bert", layers=2, hidden=32, heads=4, ffn=64)
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with open(write_sentiment_csv(tmp_path / "t.csv", rows=200), encoding="utf-8") as f:
+        rows = [(r["text"], r["label"]) for r in csv.DictReader(f)]
+    sections = dict(
+        recipe={"task": "text-classification", "data": {"max_length": 24},
+                "student": {"keep_layers": [1]},  # teacher options: in the recipe section
+                "teacher": {"finetune": {"epochs": 2, "lr": 0.003, "batch_size": 16}}},
+        distill={"epochs": 1, "lr": 0.002, "batch_size": 16},
+        quant={"method": "ptq_dynamic", "teacher_reference": False},
+        targets=[{"name": "int8", "precision": "int8", "seq_len": 24, "runs": 5,
+                  "warmup": 1, "min_runs": 5}],
+        out=tmp_path / "run")
+    result = edgecompress.compress((model, tokenizer), train=rows[:160], test=rows[160:],
+                                   **sections)
+    report = result.report
+    assert report["dataset"]["name"] == "texts passed to compress()"
+    assert report["dataset"]["samples"]["test"] == 40 and "test" in report["dataset"][
+        "given_splits"]
+    saved = tmp_path / "run.inputs" / "teacher"
+    assert report["recipe"]["teacher"]["path"] == str(saved)
+    assert report["targets"][0]["status"] == "ok"  # (2 epochs: plumbing, not accuracy)
+    # What the run started from is the live model passed in, weight for weight.
+    from safetensors.torch import load_file
+
+    weights = load_file(saved / "model.safetensors")
+    assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items()
+               if k in weights) and len(weights) > 10
+    again = edgecompress.compress((model, tokenizer), train=rows[:160], test=rows[160:],
+                                  **sections)
+    assert again.report["targets"] == report["targets"]  # resumed: nothing was measured again

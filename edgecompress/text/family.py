@@ -50,6 +50,28 @@ class TextFamily(ModelFamily):
 
         return text_recipe_to_dict(recipe)
 
+    def api_inputs(self, raw: dict[str, Any], *, teacher: Any, student: Any, train: Any,
+                   test: Any, inputs_dir: Path) -> dict[str, Any]:
+        """A Hugging Face directory or a live ``(model, tokenizer)`` pair as the teacher (saved
+        to ``inputs_dir/teacher``); texts in memory as the data ((text, label) pairs, a
+        ``{"text", "label"}`` mapping or a Hugging Face ``Dataset``, written once to
+        ``inputs_dir/texts.jsonl``, ``test`` kept whole). The student stays a section: it is
+        built from the teacher."""
+        from edgecompress.live import merge_mapping
+        from edgecompress.text.live import data_section, teacher_section
+
+        section = teacher_section(teacher, inputs_dir)
+        if section is not None:
+            raw = {**raw, "teacher": merge_mapping(dict(raw.get("teacher") or {}), section)}
+            teacher = None
+        if train is not None or test is not None:
+            keep = {k: v for k, v in (raw.get("data") or {}).items()
+                    if k not in ("path", "format", "text_column", "label_column",
+                                 "split_column", "name")}
+            raw = {**raw, "data": {**keep, **data_section(train, test, inputs_dir)}}
+        return super().api_inputs(raw, teacher=teacher, student=student, train=None, test=None,
+                                  inputs_dir=inputs_dir)
+
     def check_sources(self, recipe: Any) -> None:
         """transformers and onnxruntime import (exit 3 with the install line otherwise)."""
         from edgecompress.text.models import transformers_module

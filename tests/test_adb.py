@@ -16,6 +16,7 @@ import pytest
 from edgecompress.bench.adb import (
     BENCHMARK_MODEL_ENV,
     adb_availability,
+    benchmark_args,
     parse_benchmark_output,
     plan_adb_benchmark,
 )
@@ -120,3 +121,24 @@ def test_live_adb_benchmark(tmp_path):
     path = export_tflite(model, torch.zeros(1, 1, 8, 8), tmp_path / "m.tflite")
     got = run_adb_benchmark(path, threads=1, warmup=5, runs=50)
     assert got["runs"] == 50 and got["mean"] > 0
+
+
+def test_benchmark_model_is_told_the_inputs_and_their_integer_ranges():
+    """Text models on a phone: token ids must stay inside the vocabulary, so the integer inputs
+    are named, shaped and given value ranges (benchmark_model honours ranges only for inputs
+    named in --input_layer)."""
+    from edgecompress.bench.adb import InputSpec
+
+    inputs = [InputSpec("serving_default_args_0:0", (1, 24), (0, 199)),
+              InputSpec("serving_default_args_1:0", (1, 24), (1, 1)),
+              InputSpec("pixels", (1, 3, 8, 8), None)]
+    with pytest.raises(ConfigError, match="holds ',' or ':'"):
+        benchmark_args("m.tflite", threads=2, warmup=1, runs=10, inputs=inputs)
+    inputs = [InputSpec("ids", (1, 24), (0, 199)), InputSpec("mask", (1, 24), (1, 1)),
+              InputSpec("pixels", (1, 3, 8, 8), None)]
+    flags = benchmark_args("m.tflite", threads=2, warmup=1, runs=10, inputs=inputs)
+    assert flags[-3:] == ["--input_layer=ids,mask,pixels",
+                          "--input_layer_shape=1,24:1,24:1,3,8,8",
+                          "--input_layer_value_range=ids,0,199:mask,1,1"]
+    assert not any(f.startswith("--input_layer") for f in
+                   benchmark_args("m.tflite", threads=2, warmup=1, runs=10))

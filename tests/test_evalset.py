@@ -124,3 +124,12 @@ def test_a_finished_int8_engine_is_published_as_it_is(tmp_path):
     with pytest.raises(ModelError, match="runs no int8 kernel"):
         get_backend("onnxruntime").build(path, tmp_path / "float", precision="int8")
     assert not (tmp_path / "float" / "model.onnx").exists()
+
+
+def test_value_ranges_of_integer_inputs_for_a_tool_that_makes_up_inputs():
+    ids, mask = _feeds()
+    data = ArrayEvalSet({"input_ids": ids.numpy()[1:, :4], "attention_mask": mask.numpy()[1:]},
+                        None)  # the timing row (row 1 here) has a full mask
+    first = ids.numpy()[1, :4]
+    assert data.value_ranges() == [(int(first.min()), int(first.max())), (1, 1)]
+    assert ArrayEvalSet(np.zeros((3, 1, 4, 4), np.float32), None).value_ranges() is None

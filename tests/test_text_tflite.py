@@ -57,7 +57,7 @@ def test_text_targets_take_local_profiles_and_refuse_remote_ones(tmp_path):
     path = _recipe(tmp_path, [{"profile": "jetson-orin-nano"}])
     done = run_cli("validate", path)
     assert done.returncode == 2 and "targets.0" in done.stderr
-    assert "run on onnxruntime or tflite, here or on an ssh device" in done.stderr
+    assert "run on onnxruntime or tflite (here or over ssh)" in done.stderr
 
 
 @pytest.mark.slow
@@ -70,7 +70,8 @@ def test_text_run_with_a_tflite_target(tmp_path):
     path = _recipe(tmp_path, [{"name": "ort-int8", "precision": "int8", **_TIMING},
                               {"name": "arm-fp32", "backend": "tflite", "precision": "fp32",
                                **_TIMING},
-                              {"profile": vnni, **_TIMING, "min_runs": 5}])
+                              {"profile": vnni, **_TIMING, "min_runs": 5},
+                              {"profile": "android-arm64", "precision": "fp32", **_TIMING}])
     out = tmp_path / "run"
     done = run_cli("run", path, "--out", str(out))
     assert done.returncode in (0, 1), done.stderr[-3000:]
@@ -99,6 +100,18 @@ def test_text_run_with_a_tflite_target(tmp_path):
     if mismatch:
         assert "avx512_vnni" in prof["reason"]
     assert report["recipe"]["targets"][2]["gate"]["max_accuracy_drop"] == 1.5
+    # A phone over adb (skipped here without one): benchmark_model times the FP32 flatbuffer,
+    # told the inputs' names and shapes and to draw token ids and mask from the data's range.
+    from edgecompress.bench.adb import adb_availability, benchmark_args, tflite_inputs
+
+    phone = targets["android-arm64"]
+    assert phone["status"] == ("ok" if adb_availability()[0] else "skipped"), phone
+    specs = tflite_inputs(out / tfl["artifact"], [(2, 150), (1, 1)])
+    assert [s.shape for s in specs] == [(1, 32), (1, 32)]
+    flags = benchmark_args("m.tflite", threads=1, warmup=1, runs=5, inputs=specs)
+    assert f"--input_layer={specs[0].name},{specs[1].name}" in flags
+    assert "--input_layer_shape=1,32:1,32" in flags
+    assert f"--input_layer_value_range={specs[0].name},2,150:{specs[1].name},1,1" in flags
 
 
 @pytest.mark.slow

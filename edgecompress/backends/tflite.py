@@ -85,6 +85,11 @@ class TFLiteRunner(Runner):
         return self._threads
 
     @property
+    def input_details(self) -> list[dict[str, Any]]:
+        """The interpreter's input details in signature order (the order feeds follow)."""
+        return list(self._ins)
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         """The flatbuffer's static input shape (batch first)."""
         return self._shape

@@ -17,6 +17,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,21 +120,66 @@ def _adb(serial: str | None) -> list[str]:
     return ["adb", "-s", serial] if serial else ["adb"]
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input as ``benchmark_model`` is told about it: the flatbuffer's tensor name,
+    its shape, and for an integer input the inclusive range its made-up values are drawn from
+    (token ids inside the vocabulary, an attention mask of ones), else None."""
+
+    name: str
+    shape: tuple[int, ...]
+    value_range: tuple[int, int] | None = None
+
+
 def benchmark_args(graph: str, *, threads: int, warmup: int, runs: int,
-                   use_xnnpack: bool = True) -> list[str]:
-    """``benchmark_model`` flags: XNNPACK, the thread count and exactly ``runs`` timed runs."""
+                   use_xnnpack: bool = True,
+                   inputs: Sequence[InputSpec] | None = None) -> list[str]:
+    """``benchmark_model`` flags: XNNPACK, the thread count and exactly ``runs`` timed runs;
+    with ``inputs``, their names and shapes (``--input_layer``, ``--input_layer_shape``) and
+    the value ranges of integer inputs (``--input_layer_value_range``), which the tool honours
+    only for inputs named this way. Without ranges it fills integer inputs with random values of
+    their whole type, which sends token ids outside the embedding table."""
     if threads < 1 or runs < 1 or warmup < 0:
         raise ConfigError(f"benchmark_model: threads ({threads}) and runs ({runs}) must be >= 1 "
                           f"and warmup ({warmup}) >= 0")
-    return [f"--graph={graph}", f"--num_threads={threads}",
-            f"--use_xnnpack={'true' if use_xnnpack else 'false'}",
-            f"--warmup_runs={warmup}", "--warmup_min_secs=0", f"--num_runs={runs}",
-            "--min_secs=0"]
+    flags = [f"--graph={graph}", f"--num_threads={threads}",
+             f"--use_xnnpack={'true' if use_xnnpack else 'false'}",
+             f"--warmup_runs={warmup}", "--warmup_min_secs=0", f"--num_runs={runs}",
+             "--min_secs=0"]
+    if inputs:
+        for spec in inputs:
+            if any(c in spec.name for c in ",:") or not spec.name:
+                raise ConfigError(f"benchmark_model: input name {spec.name!r} cannot be passed "
+                                  "in --input_layer (it holds ',' or ':')")
+        flags.append("--input_layer=" + ",".join(s.name for s in inputs))
+        flags.append("--input_layer_shape=" + ":".join(",".join(str(d) for d in s.shape)
+                                                      for s in inputs))
+        ranges = [f"{s.name},{s.value_range[0]},{s.value_range[1]}" for s in inputs
+                  if s.value_range is not None]
+        if ranges:
+            flags.append("--input_layer_value_range=" + ":".join(ranges))
+    return flags
+
+
+def tflite_inputs(model: Path, value_ranges: Sequence[tuple[int, int] | None]
+                  ) -> list[InputSpec]:
+    """The flatbuffer's inputs in signature order (the order feeds are given in), each with the
+    value range at its position."""
+    from edgecompress.backends import get_backend
+
+    with get_backend("tflite").load(Path(model)) as runner:
+        details = runner.input_details
+    if len(details) != len(value_ranges):
+        raise ConfigError(f"{Path(model).name}: {len(details)} inputs, but value ranges for "
+                          f"{len(value_ranges)}")
+    return [InputSpec(str(d["name"]), tuple(int(x) for x in d["shape"]), r)
+            for d, r in zip(details, value_ranges, strict=True)]
 
 
 def plan_adb_benchmark(model: Path, benchmark_model: Path, *, threads: int, warmup: int = 20,
                        runs: int = 200, serial: str | None = None,
-                       workdir: str = DEFAULT_WORKDIR) -> AdbPlan:
+                       workdir: str = DEFAULT_WORKDIR,
+                       inputs: Sequence[InputSpec] | None = None) -> AdbPlan:
     """The adb commands that push ``model`` and ``benchmark_model``, run, and clean up.
 
     Nothing is pulled back: the measurement is the tool's stdout.
@@ -148,7 +194,8 @@ def plan_adb_benchmark(model: Path, benchmark_model: Path, *, threads: int, warm
         [*adb, "push", str(benchmark_model), remote_tool],
         [*adb, "shell", f"chmod 755 {q(remote_tool)}"],
     ]
-    flags = benchmark_args(remote_model, threads=threads, warmup=warmup, runs=runs)
+    flags = benchmark_args(remote_model, threads=threads, warmup=warmup, runs=runs,
+                           inputs=inputs)
     run = [*adb, "shell", " ".join(q(a) for a in [remote_tool, *flags])]
     cleanup = [[*adb, "shell", f"rm -f {q(remote_model)}"]]
     return AdbPlan(setup=setup, run=run, cleanup=cleanup)
@@ -206,7 +253,8 @@ def find_benchmark_model(path: str | Path | None = None) -> Path:
 def run_adb_benchmark(model: Path, *, threads: int, warmup: int = 20, runs: int = 200,
                       serial: str | None = None, workdir: str = DEFAULT_WORKDIR,
                       benchmark_model: str | Path | None = None,
-                      timeout: float = 600.0) -> dict[str, Any]:
+                      timeout: float = 600.0,
+                      inputs: Sequence[InputSpec] | None = None) -> dict[str, Any]:
     """Run the plan on the device and return :func:`parse_benchmark_output`'s dict.
 
     Raises:
@@ -218,7 +266,7 @@ def run_adb_benchmark(model: Path, *, threads: int, warmup: int = 20, runs: int 
         raise BackendUnavailable(f"adb benchmark of {model.name}: {why}")
     plan = plan_adb_benchmark(Path(model), find_benchmark_model(benchmark_model),
                               threads=threads, warmup=warmup, runs=runs, serial=serial,
-                              workdir=workdir)
+                              workdir=workdir, inputs=inputs)
     for cmd in plan.setup:
         _check(cmd, timeout)
     try:
@@ -239,16 +287,21 @@ def _check(cmd: list[str], timeout: float) -> str:
 
 
 def measure_over_adb(artifact: Path, profile: Any, *, threads: int, warmup: int,
-                     runs: int) -> dict[str, Any]:
+                     runs: int, value_ranges: Sequence[tuple[int, int] | None] | None = None
+                     ) -> dict[str, Any]:
     """Time ``artifact`` on the profile's phone; the bench stage's measurement dict.
 
     ``benchmark_model`` only times the model (random inputs, no outputs come back), so
     ``accuracy`` and ``logits`` are None and ``p50`` is None (it prints no median: gates and
-    speedups use the mean). The binary is found through ``$EDGECOMPRESS_BENCHMARK_MODEL``.
+    speedups use the mean). ``value_ranges`` (per input, in feed order; a text model's token
+    ids and mask) keep its made-up integer inputs valid. The binary is found through
+    ``$EDGECOMPRESS_BENCHMARK_MODEL``.
     """
     conn = profile.connection
+    inputs = tflite_inputs(Path(artifact), value_ranges) if value_ranges else None
     stats = run_adb_benchmark(Path(artifact), threads=threads, warmup=warmup, runs=runs,
-                              serial=conn.serial, workdir=conn.workdir or DEFAULT_WORKDIR)
+                              serial=conn.serial, workdir=conn.workdir or DEFAULT_WORKDIR,
+                              inputs=inputs)
     latency = {key: stats.get(key) for key in ("p50", "mean", "stdev", "min", "max", "runs")}
     latency.update({"p90": None, "p99": None, "threads": threads, "warmup": warmup,
                     "source": "benchmark_model over adb"})

@@ -53,6 +53,17 @@ class EvalSet(ABC):
     def sample(self, limit: int = REMOTE_SAMPLES) -> tuple[Feed, np.ndarray | None]:
         """The first ``limit`` samples as arrays (and their labels), for a remote device."""
 
+    def value_ranges(self) -> list[tuple[int, int] | None] | None:
+        """Per input, in feed order: ``(low, high)`` of an integer input (token ids, a mask),
+        None for a float one; None when no input is integer. For a tool that makes up its own
+        inputs (``benchmark_model`` on a phone), so they stay valid for the model."""
+        feed = self.timing_feed(1)
+        arrays = list(feed.values()) if isinstance(feed, Mapping) else [feed]
+        ranges = [(int(np.min(a)), int(np.max(a))) if np.issubdtype(np.asarray(a).dtype,
+                                                                    np.integer) else None
+                  for a in arrays]
+        return ranges if any(r is not None for r in ranges) else None
+
 
 def feed_rows(feed: Feed) -> int:
     """Number of samples in a feed."""

@@ -225,7 +225,8 @@ def _remote_entry(ctx: Context, target: Any, backend: Any, entry: dict[str, Any]
             from edgecompress.bench.adb import measure_over_adb
 
             measured[role] = measure_over_adb(artifact, adb_profile, threads=target.threads,
-                                              warmup=target.warmup, runs=target.runs)
+                                              warmup=target.warmup, runs=target.runs,
+                                              value_ranges=data.value_ranges())
             continue
         measured[role] = remote.benchmark(artifact, x, y,
                                           warmup=target.warmup, runs=target.runs,

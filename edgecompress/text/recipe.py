@@ -229,19 +229,19 @@ class TextTargetConfig(_Strict):
     @classmethod
     def _apply_profile(cls, raw: Any) -> Any:
         """A profile fills what the target leaves out (the image recipe's rule). Local and
-        ssh profiles on onnxruntime or tflite; phones over adb (benchmark_model feeds random
-        values, not token ids) and TensorRT are not reachable by text targets yet."""
+        ssh profiles on onnxruntime or tflite, and phones over adb on tflite
+        (``benchmark_model`` times the FP32 flatbuffer with token ids drawn from the data's
+        range); TensorRT is not reachable by text targets yet."""
         if not isinstance(raw, dict) or not raw.get("profile"):
             return raw
         from edgecompress.targets import profile_for_validator
 
         profile = profile_for_validator(raw["profile"])
-        if profile.connection.kind not in ("local", "ssh") or \
-                profile.backend not in ("onnxruntime", "tflite"):
-            raise ValueError(f"profile {profile.name!r} ({profile.backend} over "
-                             f"{profile.connection.kind}): text-classification targets run "
-                             "on onnxruntime or tflite, here or on an ssh device, in this "
-                             "version")
+        kind, backend = profile.connection.kind, profile.backend
+        if backend not in ("onnxruntime", "tflite") or (kind == "adb" and backend != "tflite"):
+            raise ValueError(f"profile {profile.name!r} ({backend} over {kind}): "
+                             "text-classification targets run on onnxruntime or tflite (here "
+                             "or over ssh) or on tflite over adb in this version")
         return profile.fill_target(raw)
 
     @model_validator(mode="after")

@@ -47,17 +47,25 @@ def test_tflite_int8_text_target_is_refused_at_validate_time(tmp_path):
     assert "stablehlo.uniform_dequantize" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_text_targets_take_local_profiles_and_refuse_remote_ones(tmp_path):
-    path = _recipe(tmp_path, [{"profile": "x86-avx2-int8", "seq_len": 32}])
+def test_text_targets_take_profiles_local_ssh_and_adb(tmp_path):
+    path = _recipe(tmp_path, [{"profile": "x86-avx2-int8", "seq_len": 32},
+                              {"profile": "jetson-orin-nano", "seq_len": 32},
+                              {"profile": "android-arm64", "precision": "fp32"}])
     done = run_cli("validate", path)
     assert done.returncode == 0, done.stderr
-    target = yaml.safe_load(done.stdout)["targets"][0]
-    assert target["name"] == "x86-avx2-int8" and target["isa"] == "avx2"
-    assert target["precision"] == "int8" and target["gate"]["max_accuracy_drop"] == 1.5
-    path = _recipe(tmp_path, [{"profile": "jetson-orin-nano"}])
-    done = run_cli("validate", path)
+    local, jetson, phone = yaml.safe_load(done.stdout)["targets"]
+    assert local["name"] == "x86-avx2-int8" and local["isa"] == "avx2"
+    assert local["precision"] == "int8" and local["gate"]["max_accuracy_drop"] == 1.5
+    assert jetson["backend"] == "tensorrt" and jetson["precision"] == "int8"
+    assert phone["backend"] == "tflite" and phone["precision"] == "fp32"
+    # ONNX Runtime on a phone over adb is not a path benchmark_model offers.
+    profile = tmp_path / "phone-ort.yaml"
+    profile.write_text(yaml.safe_dump({"version": 1, "name": "phone-ort",
+                                       "backend": "onnxruntime", "precision": "fp32",
+                                       "connection": {"kind": "adb"}}))
+    done = run_cli("validate", _recipe(tmp_path, [{"profile": str(profile)}]))
     assert done.returncode == 2 and "targets.0" in done.stderr
-    assert "run on onnxruntime or tflite (here or over ssh)" in done.stderr
+    assert "or on tflite over adb" in done.stderr and "Traceback" not in done.stderr
 
 
 @pytest.mark.slow
@@ -71,7 +79,9 @@ def test_text_run_with_a_tflite_target(tmp_path):
                               {"name": "arm-fp32", "backend": "tflite", "precision": "fp32",
                                **_TIMING},
                               {"profile": vnni, **_TIMING, "min_runs": 5},
-                              {"profile": "android-arm64", "precision": "fp32", **_TIMING}])
+                              {"profile": "android-arm64", "precision": "fp32", **_TIMING},
+                              {"name": "gpu-int8", "backend": "tensorrt", "precision": "int8",
+                               **_TIMING}])
     out = tmp_path / "run"
     done = run_cli("run", path, "--out", str(out))
     assert done.returncode in (0, 1), done.stderr[-3000:]
@@ -104,6 +114,19 @@ def test_text_run_with_a_tflite_target(tmp_path):
     # told the inputs' names and shapes and to draw token ids and mask from the data's range.
     from edgecompress.bench.adb import adb_availability, benchmark_args, tflite_inputs
 
+    # TensorRT: the Q/DQ student with int8 symmetric activations is made and linted here;
+    # the engine is built and timed where TensorRT and a GPU are (skipped here, saying so).
+    trt = export["tensorrt_int8"]
+    assert trt["qdq_nodes"] > 0 and (out / "export" / "student.trt.int8.onnx").is_file()
+    from edgecompress.backends import get_backend
+    from edgecompress.quant.trt_lint import lint_tensorrt
+
+    assert lint_tensorrt(out / "export" / "student.trt.int8.onnx", require_qdq=True).passed
+    gpu = targets["gpu-int8"]
+    if get_backend("tensorrt").availability()[0]:
+        assert gpu["status"] == "ok" and gpu["seq_len"] == 32, gpu
+    else:
+        assert gpu["status"] == "skipped" and "TensorRT" in gpu["reason"], gpu
     phone = targets["android-arm64"]
     assert phone["status"] == ("ok" if adb_availability()[0] else "skipped"), phone
     specs = tflite_inputs(out / tfl["artifact"], [(2, 150), (1, 1)])

@@ -37,7 +37,8 @@ ENGINE_NAME = "model.engine"
 CACHE_ENV = "EDGECOMPRESS_TRT_CACHE"
 MIN_MAJOR = 10
 #: Build options a target profile's ``build_options`` may set.
-BUILD_OPTIONS = ("dla_core", "gpu_fallback", "workspace_mb", "max_batch", "cache_dir")
+BUILD_OPTIONS = ("dla_core", "gpu_fallback", "workspace_mb", "max_batch", "cache_dir",
+                 "sequence_length")
 INSTALL_HINT = (
     "TensorRT >= 10 with its Python bindings and cuda-python are needed, on a machine with an "
     "NVIDIA GPU. On a Jetson: JetPack 6 (TensorRT 10.3; apt-get install python3-libnvinfer) "
@@ -204,7 +205,7 @@ class TensorRTBackend(Backend):
                               "(set precision fp16/int8, or drop dla_core)")
         if not isinstance(options.get("gpu_fallback", True), bool):
             raise ConfigError("backend 'tensorrt': gpu_fallback must be true or false")
-        for key in ("workspace_mb", "max_batch"):
+        for key in ("workspace_mb", "max_batch", "sequence_length"):
             value = options.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
@@ -280,7 +281,8 @@ class TensorRTBackend(Backend):
             config.DLA_core = int(core)
             if options.get("gpu_fallback", True):
                 config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-        self._add_profile(trt, builder, network, config, int(options.get("max_batch") or 256))
+        self._add_profile(trt, builder, network, config, int(options.get("max_batch") or 256),
+                          options.get("sequence_length"))
         plan = builder.build_serialized_network(network, config)
         if plan is None:
             raise ModelError(f"TensorRT could not build an engine from {source} "
@@ -289,20 +291,25 @@ class TensorRTBackend(Backend):
 
     @staticmethod
     def _add_profile(trt: ModuleType, builder: Any, network: Any, config: Any,
-                     max_batch: int) -> None:
+                     max_batch: int, sequence_length: int | None = None) -> None:
         """An optimization profile for a dynamic batch dimension (1..max_batch, tuned for 1,
-        the latency case); any other dynamic dimension is an error."""
+        the latency case). A dynamic second dimension of a rank-2 input (a token sequence:
+        ids, mask) is fixed at ``sequence_length`` (the text target's ``seq_len``); any other
+        dynamic dimension is an error."""
         profile = None
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
             shape = list(tensor.shape)
             if all(d >= 0 for d in shape):
                 continue
-            if any(d < 0 for d in shape[1:]):
-                raise ModelError(f"TensorRT: input {tensor.name!r} has dynamic dimensions "
-                                 f"{shape} beyond the batch; export with a fixed image size")
-            profile = profile or builder.create_optimization_profile()
             rest = shape[1:]
+            if sequence_length and len(shape) == 2 and rest[0] < 0:
+                rest = [int(sequence_length)]
+            if any(d < 0 for d in rest):
+                raise ModelError(f"TensorRT: input {tensor.name!r} has dynamic dimensions "
+                                 f"{shape} beyond the batch; export with a fixed image size "
+                                 "(or, for token inputs, build with sequence_length)")
+            profile = profile or builder.create_optimization_profile()
             profile.set_shape(tensor.name, [1, *rest], [1, *rest], [max_batch, *rest])
         if profile is not None:
             config.add_optimization_profile(profile)

@@ -6,6 +6,7 @@ loads engines into it. Imported only when an engine is loaded, on a machine with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
@@ -79,7 +80,11 @@ def _import_cudart() -> ModuleType:
 
 class TensorRTRunner(Runner):
     """An execution context with device buffers sized for ``max_batch``; inputs are copied
-    once per call, ``execute_async_v3`` runs on a private stream, CUDA events time it."""
+    once per call, ``execute_async_v3`` runs on a private stream, CUDA events time it.
+
+    Takes one array (an image model) or a name -> array feed (a text model's token ids and
+    mask), each cast to its tensor's dtype; the first output is the logits.
+    """
 
     def __init__(self, trt: ModuleType, cuda: _Cuda, engine: Any, max_batch: int) -> None:
         self._trt, self._cuda, self._engine = trt, cuda, engine
@@ -90,12 +95,12 @@ class TensorRTRunner(Runner):
         mode = trt.TensorIOMode.INPUT
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == mode]
         self._outputs = [n for n in names if engine.get_tensor_mode(n) != mode]
-        if len(self._inputs) != 1 or not self._outputs:
+        if not self._inputs or not self._outputs:
             raise ModelError(f"TensorRT engine has inputs {self._inputs} and outputs "
-                             f"{self._outputs}; one image input and a logits output expected")
+                             f"{self._outputs}; inputs and a logits output expected")
         self._max_batch = max_batch
         self._buffers: dict[str, int] = {}
-        self._shape: tuple[int, ...] | None = None
+        self._shapes: dict[str, tuple[int, ...]] | None = None
         #: GPU time of every timed call (CUDA events), read by the remote agent.
         self.event_times_ms: list[float] = []
 
@@ -104,20 +109,42 @@ class TensorRTRunner(Runner):
         return self._inputs[0]
 
     @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The first input's shape as built (-1 for the dynamic batch): a token input's
+        second dimension is the fixed sequence length the engine was built for."""
+        return tuple(int(d) for d in self._engine.get_tensor_shape(self.input_name))
+
+    @property
     def threads(self) -> int:
         return 1
 
     def _np_dtype(self, name: str) -> np.dtype:
         return np.dtype(self._trt.nptype(self._engine.get_tensor_dtype(name)))
 
-    def _prepare(self, shape: tuple[int, ...]) -> None:
-        """Set the input shape and (re)allocate buffers when it changes."""
-        if shape == self._shape:
+    def _arrays(self, x: Any) -> dict[str, np.ndarray]:
+        """Input name -> contiguous array of the tensor's dtype."""
+        if isinstance(x, Mapping):
+            missing = [n for n in self._inputs if n not in x]
+            if missing:
+                raise ModelError(f"TensorRT engine takes inputs {self._inputs}; the feed has "
+                                 f"{list(x)} (missing {missing})")
+            return {n: np.ascontiguousarray(x[n], dtype=self._np_dtype(n))
+                    for n in self._inputs}
+        if len(self._inputs) != 1:
+            raise ModelError(f"TensorRT engine takes inputs {self._inputs}: give a name -> "
+                             "array feed")
+        return {self.input_name: np.ascontiguousarray(x, dtype=self._np_dtype(self.input_name))}
+
+    def _prepare(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Set the input shapes and (re)allocate buffers when they change."""
+        if shapes == self._shapes:
             return
         ctx = self._context
-        if not ctx.set_input_shape(self.input_name, shape):
-            raise ModelError(f"TensorRT engine rejects input shape {list(shape)} (built for "
-                             f"batch 1..{self._max_batch})")
+        for name, shape in shapes.items():
+            if not ctx.set_input_shape(name, shape):
+                raise ModelError(f"TensorRT engine rejects input {name!r} of shape "
+                                 f"{list(shape)} (built for batch 1..{self._max_batch}, "
+                                 f"shape {list(self._engine.get_tensor_shape(name))})")
         for ptr in self._buffers.values():
             self._cuda.free(ptr)
         self._buffers = {}
@@ -126,16 +153,19 @@ class TensorRTRunner(Runner):
             nbytes = int(np.prod(dims)) * self._np_dtype(name).itemsize
             self._buffers[name] = self._cuda.malloc(nbytes)
             ctx.set_tensor_address(name, self._buffers[name])
-        self._shape = shape
+        self._shapes = dict(shapes)
+
+    def _upload(self, arrays: dict[str, np.ndarray]) -> None:
+        self._prepare({n: tuple(a.shape) for n, a in arrays.items()})
+        for name, array in arrays.items():
+            self._cuda.h2d(self._buffers[name], array, self._stream)
 
     def _execute(self) -> None:
         if not self._context.execute_async_v3(int(self._stream)):
             raise ModelError("TensorRT execute_async_v3 failed")
 
-    def _run_batch(self, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=self._np_dtype(self.input_name))
-        self._prepare(tuple(x.shape))
-        self._cuda.h2d(self._buffers[self.input_name], x, self._stream)
+    def _run_batch(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        self._upload(arrays)
         self._execute()
         name = self._outputs[0]
         out = np.empty(tuple(self._context.get_tensor_shape(name)), dtype=self._np_dtype(name))
@@ -143,18 +173,17 @@ class TensorRTRunner(Runner):
         self._cuda.sync(self._stream)
         return out.astype(np.float32, copy=False)
 
-    def run(self, x: np.ndarray) -> np.ndarray:
+    def run(self, x: Any) -> np.ndarray:
         """Logits of ``x``, in chunks of at most ``max_batch`` (the engine's profile)."""
-        x = np.asarray(x)
-        chunks = [self._run_batch(x[i:i + self._max_batch])
-                  for i in range(0, len(x), self._max_batch)]
+        arrays = self._arrays(x)
+        n = len(next(iter(arrays.values())))
+        chunks = [self._run_batch({k: a[i:i + self._max_batch] for k, a in arrays.items()})
+                  for i in range(0, n, self._max_batch)]
         return np.concatenate(chunks, axis=0)
 
-    def timed_call(self, x: np.ndarray):
+    def timed_call(self, x: Any):
         """One inference on an input already on the GPU, timed by CUDA events (no copies)."""
-        x = np.ascontiguousarray(x, dtype=self._np_dtype(self.input_name))
-        self._prepare(tuple(x.shape))
-        self._cuda.h2d(self._buffers[self.input_name], x, self._stream)
+        self._upload(self._arrays(x))
         self._cuda.sync(self._stream)
         self.event_times_ms.clear()
 

@@ -323,8 +323,13 @@ class RemoteTarget:
             self._probe()
         name, precision = self._upload(job, artifact, pending, {})
         options = dict(pending[2]) if pending else {}
-        input_shape = [batch_size, *np.asarray(x).shape[1:]]
-        shapes = dynamic_input_shapes(pending[0] if pending else None, input_shape)
+        if isinstance(x, dict):  # several inputs (token ids and mask): a shape for each
+            per_input = {k: [batch_size, *np.shape(v)[1:]] for k, v in x.items()}
+            input_shape = next(iter(per_input.values()))
+            shapes = dynamic_input_shapes(pending[0] if pending else None, per_input)
+        else:
+            input_shape = [batch_size, *np.asarray(x).shape[1:]]
+            shapes = dynamic_input_shapes(pending[0] if pending else None, input_shape)
         argv = trtexec_command(
             onnx=name if pending else None, load_engine=None if pending else name,
             save_engine=ENGINE_NAME if pending else None,

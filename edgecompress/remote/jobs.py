@@ -69,8 +69,9 @@ def read_inputs(path: Path) -> tuple[Any, np.ndarray | None]:
     return x, y
 
 
-def dynamic_input_shapes(onnx_path: Path | None, shape: list[int]) -> dict[str, list[int]]:
-    """``--shapes`` for the model's first input when its batch dimension is dynamic."""
+def dynamic_input_shapes(onnx_path: Path | None, shape: Any) -> dict[str, list[int]]:
+    """``--shapes`` for the model's inputs whose dimensions are dynamic: ``shape`` is the first
+    input's shape (an image model), or input name -> shape (token ids and mask)."""
     if onnx_path is None:
         return {}
     import onnx
@@ -80,6 +81,10 @@ def dynamic_input_shapes(onnx_path: Path | None, shape: list[int]) -> dict[str, 
     inputs = [i for i in model.graph.input if i.name not in initializers]
     if not inputs:
         return {}
-    dims = inputs[0].type.tensor_type.shape.dim
-    dynamic = any(not d.HasField("dim_value") for d in dims)
-    return {inputs[0].name: shape} if dynamic else {}
+    wanted = dict(shape) if isinstance(shape, dict) else {inputs[0].name: shape}
+    out = {}
+    for tensor in inputs:
+        dims = tensor.type.tensor_type.shape.dim
+        if tensor.name in wanted and any(not d.HasField("dim_value") for d in dims):
+            out[tensor.name] = list(wanted[tensor.name])
+    return out

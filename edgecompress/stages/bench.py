@@ -52,6 +52,8 @@ class EngineSources:
         fp32: For int8 targets: the FP32 twin's source (same student, FP32, same runtime).
         entry: Fields the family adds to the report entry (``quant_preset``, ``seq_len``).
         extra: More engines timed in the same rounds, by role.
+        build_options: Passed to every engine build of the target (a text model's TensorRT
+            engines are built for its ``sequence_length``).
     """
 
     student: Path
@@ -60,6 +62,7 @@ class EngineSources:
     fp32: Path | None = None
     entry: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, ExtraEngine] = field(default_factory=dict)
+    build_options: dict[str, Any] = field(default_factory=dict)
 
 
 class BenchStage(Stage):
@@ -178,23 +181,25 @@ def prepare_target(ctx: Context, target: Any, reference_logits: Any
     engine_dir = ctx.run_dir / "engines" / target.name
     adb_profile = _adb_profile(target)
     builder = remote or backend  # remote: built here, or staged for a build on the device
-    options: dict[str, Any] = {}
+    shared = dict(sources.build_options)
+    options: dict[str, Any] = dict(shared)
     if target.backend == "tflite" and target.precision == "int8":
         # Float islands the converter left (the qat stage logged them) are reported in the
         # engine's fp32_nodes; gate.no_fp32_fallback decides whether they may ship.
         options["allow_float_ops"] = True
     student_art = builder.build(sources.student, engine_dir, precision=target.precision,
                                 **options)
-    teacher_art = builder.build(sources.teacher, engine_dir / "teacher", precision="fp32")
+    teacher_art = builder.build(sources.teacher, engine_dir / "teacher", precision="fp32",
+                                **shared)
     data = ctx.family.eval_set(ctx, target)
     if remote is None and adb_profile is None:
         engines = {"student": Path(student_art), "teacher": Path(teacher_art)}
         if target.precision == "int8" and sources.fp32 is not None:
             engines["fp32"] = Path(backend.build(sources.fp32, engine_dir / "student_fp32",
-                                                 precision="fp32"))
+                                                 precision="fp32", **shared))
         for role, extra in sources.extra.items():
             engines[role] = Path(backend.build(extra.source, engine_dir / role,
-                                               precision=extra.precision))
+                                               precision=extra.precision, **shared))
         return LocalPlan(target, backend, entry, engines, sources.reference, data,
                          sources.extra)
     return _remote_entry(ctx, target, backend, entry, remote, adb_profile, student_art,

@@ -48,7 +48,8 @@ class TextExportStage(Stage):
     def config(self, ctx: TextContext) -> dict[str, Any]:
         raw = text_recipe_to_dict(ctx.recipe)
         return {"export": raw["export"], "quant": raw["quant"],
-                "tflite_seq_lens": tflite_seq_lens(ctx), "engine_descriptions": 1}
+                "tflite_seq_lens": tflite_seq_lens(ctx), "engine_descriptions": 1,
+                "tensorrt_int8": _tensorrt_int8(ctx)}
 
     def inputs(self, ctx: TextContext) -> dict[str, Path]:
         return {"teacher": ctx.run_dir / "teacher" / "stage.json",
@@ -115,10 +116,30 @@ class TextExportStage(Stage):
                                               "fp32_embeddings", "int8_embeddings")}}
             outputs["teacher_int8"] = ref_path
             outputs["teacher_int8_engine"] = _describe_engine(ref_path, None)
+        if _tensorrt_int8(ctx):
+            outputs["student_trt_int8"], metrics["tensorrt_int8"] = self._tensorrt(
+                ctx, out_dir)
         path = out_dir / "kernels.json"
         atomic_write_json(path, metrics["int8"])
         outputs["kernels"] = path
         return StageResult(outputs=outputs, metrics=metrics)
+
+    def _tensorrt(self, ctx: TextContext, out_dir: Path) -> tuple[Path, dict[str, Any]]:
+        """``student.trt.int8.onnx`` for TensorRT INT8 targets: static Q/DQ of the weight
+        MatMuls with int8 symmetric activations (TensorRT's form; it has no dynamic INT8),
+        calibrated on training texts, from the plain export; linted for TensorRT here, before
+        an engine build on the device."""
+        from edgecompress.quant.trt_lint import check_tensorrt_compat
+        from edgecompress.text.quant import quantize_static_int8
+
+        path = out_dir / "student.trt.int8.onnx"
+        feeds = _calibration_feeds(ctx)
+        quantize_static_int8(out_dir / "student.onnx", path, feeds,
+                             per_channel=ctx.recipe.quant.per_channel, for_tensorrt=True)
+        lint = check_tensorrt_compat(path, require_qdq=True)
+        return path, {"method": "ptq_static (int8 symmetric activations)",
+                      "calibration_samples": sum(len(i) for i, _ in feeds),
+                      "qdq_nodes": lint.qdq_nodes, "size_bytes": path.stat().st_size}
 
     @staticmethod
     def _disabled(ctx: TextContext) -> list[str] | None:
@@ -135,24 +156,35 @@ class TextExportStage(Stage):
             quantize_dynamic_int8(opt, out, per_channel=q.per_channel, embeddings=q.embeddings)
             return {"method": q.method, "embeddings_int8": q.embeddings}
         if q.method == "ptq_static":
-            from edgecompress.text.data import collate
-
-            data, feeds = ctx.encoded("train"), []
-            count = min(q.calibration_samples, len(data))
-            for start in range(0, count, 16):
-                i, m = collate(data.take(np.arange(start, min(start + 16, count))), ctx.pad_id)
-                feeds.append((i.numpy(), m.numpy()))
+            feeds = _calibration_feeds(ctx)
             # QDQ annotates weight MatMuls: quantize the plain export, not the optimized graph
             # (its fused Attention keeps the packed Q/K/V weight in float, and the static
             # quantizer's type inference fails on the contrib ops); ORT's session fuses
             # LayerNorm/GELU itself.
             quantize_static_int8(opt.with_name("student.onnx"), out, feeds,
                                  per_channel=q.per_channel)
-            return {"method": q.method, "calibration_samples": min(q.calibration_samples,
-                                                                   len(data))}
+            return {"method": q.method,
+                    "calibration_samples": sum(len(i) for i, _ in feeds)}
         from edgecompress.text.qat import qat_int8
 
         return qat_int8(ctx, student, out, example)
+
+
+def _tensorrt_int8(ctx: TextContext) -> bool:
+    """Whether a target needs the TensorRT INT8 file."""
+    return any(t.backend == "tensorrt" and t.precision == "int8" for t in ctx.recipe.targets)
+
+
+def _calibration_feeds(ctx: TextContext) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The first ``quant.calibration_samples`` training texts, 16 per padded batch."""
+    from edgecompress.text.data import collate
+
+    data, feeds = ctx.encoded("train"), []
+    count = min(ctx.recipe.quant.calibration_samples, len(data))
+    for start in range(0, count, 16):
+        i, m = collate(data.take(np.arange(start, min(start + 16, count))), ctx.pad_id)
+        feeds.append((i.numpy(), m.numpy()))
+    return feeds
 
 
 def _describe_engine(path: Path, disabled: list[str] | None) -> Path:

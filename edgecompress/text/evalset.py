@@ -15,10 +15,11 @@ from edgecompress.text.data import Encoded, collate, fixed_length_input
 
 
 def static_length(runner: Any) -> int | None:
-    """The sequence length an engine of static shape takes (a TFLite file converted at
-    ``(1, seq_len)``), or None for engines of dynamic length (ONNX Runtime)."""
+    """The sequence length an engine of fixed length takes (a TFLite file converted at
+    ``(1, seq_len)``, a TensorRT engine built for ``seq_len``), or None for engines of dynamic
+    length (ONNX Runtime)."""
     shape = getattr(runner, "input_shape", None)
-    return int(shape[1]) if shape is not None and len(shape) == 2 else None
+    return int(shape[1]) if shape is not None and len(shape) == 2 and shape[1] > 0 else None
 
 
 class TokenEvalSet(EvalSet):

@@ -158,7 +158,9 @@ class TextFamily(ModelFamily):
                             tok.sep_token_id)
 
     def engine_sources(self, ctx: Any, target: Any, fp32_reference: Any) -> Any:
-        """TFLite: the flatbuffers converted at the target's ``seq_len``. ONNX Runtime: the
+        """TensorRT: the plain FP32 exports, or the static Q/DQ INT8 student with symmetric
+        activations, built for the target's ``seq_len``. TFLite: the flatbuffers converted at
+        the target's ``seq_len``. ONNX Runtime: the
         optimized FP32 files, or the INT8 student (its FP32 twin the optimized student); with
         ``quant.teacher_reference``, the teacher through ``quantize_dynamic`` is timed in the
         same rounds (``targets[].reference``). Every engine is compared with the float
@@ -167,6 +169,15 @@ class TextFamily(ModelFamily):
         from edgecompress.text.tflite import tflite_path
 
         export, entry = ctx.run_dir / "export", {"seq_len": target.seq_len}
+        if target.backend == "tensorrt":  # plain exports (no ORT contrib ops), built for seq_len
+            options = {"sequence_length": target.seq_len}
+            student = export / "student.onnx"
+            if target.precision != "int8":
+                return EngineSources(student, export / "teacher.onnx", fp32_reference,
+                                     entry=entry, build_options=options)
+            return EngineSources(export / "student.trt.int8.onnx", export / "teacher.onnx",
+                                 fp32_reference, fp32=student, entry=entry,
+                                 build_options=options)
         if target.backend == "tflite":
             return EngineSources(tflite_path(export, "student", target.seq_len),
                                  tflite_path(export, "teacher", target.seq_len),

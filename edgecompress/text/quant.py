@@ -75,8 +75,11 @@ class _Reader:
 
 
 def quantize_static_int8(src: Path, out: Path, feeds: list[tuple[np.ndarray, np.ndarray]], *,
-                         per_channel: bool = True) -> Path:
-    """Static QDQ INT8 (uint8 activations, int8 per-channel weights) of the weight MatMuls."""
+                         per_channel: bool = True, for_tensorrt: bool = False) -> Path:
+    """Static QDQ INT8 (uint8 activations, int8 per-channel weights) of the weight MatMuls.
+
+    ``for_tensorrt``: int8 *symmetric* activations (zero point 0) and float biases, the Q/DQ
+    form TensorRT builds INT8 layers from; ORT's uint8 activations suit its CPU kernels."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationMethod,
@@ -89,11 +92,14 @@ def quantize_static_int8(src: Path, out: Path, feeds: list[tuple[np.ndarray, np.
 
     with atomic_path(out) as tmp, quiet_onnxruntime_tools():
         quantize_static(str(src), str(tmp), _Reader(feeds), quant_format=QuantFormat.QDQ,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QInt8 if for_tensorrt else QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
                         per_channel=per_channel, op_types_to_quantize=["MatMul", "Gemm"],
                         calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT,
-                                       "ActivationSymmetric": False,
+                                       "ActivationSymmetric": for_tensorrt,
+                                       # TensorRT rejects int32 (quantized) biases
+                                       "QuantizeBias": not for_tensorrt,
                                        "WeightSymmetric": True,
                                        "MatMulConstBOnly": True})
     return out

@@ -212,9 +212,10 @@ class TextTargetConfig(_Strict):
                                 "skipped), an ssh one on its device.")
     isa: str | None = Field(None, description="The ISA class the profile requires (recorded; "
                             "text INT8 is dynamic quantization, the same on every ISA).")
-    backend: Literal["onnxruntime", "tflite"] = Field(
-        "onnxruntime", description="onnxruntime, or tflite (LiteRT with XNNPACK; fp32 only for "
-        "text: see TFLITE_INT8_REFUSAL)")
+    backend: Literal["onnxruntime", "tflite", "tensorrt"] = Field(
+        "onnxruntime", description="onnxruntime, tflite (LiteRT with XNNPACK; fp32 only for "
+        "text: see TFLITE_INT8_REFUSAL) or tensorrt (an NVIDIA GPU or a Jetson; int8 from a "
+        "static Q/DQ file with symmetric activations, engine built for seq_len)")
     precision: Literal["fp32", "int8"] = "int8"
     threads: int = Field(1, ge=1)
     batch_size: int = Field(1, ge=1)
@@ -229,19 +230,21 @@ class TextTargetConfig(_Strict):
     @classmethod
     def _apply_profile(cls, raw: Any) -> Any:
         """A profile fills what the target leaves out (the image recipe's rule). Local and
-        ssh profiles on onnxruntime or tflite, and phones over adb on tflite
-        (``benchmark_model`` times the FP32 flatbuffer with token ids drawn from the data's
-        range); TensorRT is not reachable by text targets yet."""
+        ssh profiles on onnxruntime, tflite or tensorrt (a Jetson), and phones over adb on
+        tflite (``benchmark_model`` times the FP32 flatbuffer with token ids drawn from the
+        data's range)."""
         if not isinstance(raw, dict) or not raw.get("profile"):
             return raw
         from edgecompress.targets import profile_for_validator
 
         profile = profile_for_validator(raw["profile"])
         kind, backend = profile.connection.kind, profile.backend
-        if backend not in ("onnxruntime", "tflite") or (kind == "adb" and backend != "tflite"):
+        if backend not in ("onnxruntime", "tflite", "tensorrt") or \
+                (kind == "adb" and backend != "tflite"):
             raise ValueError(f"profile {profile.name!r} ({backend} over {kind}): "
-                             "text-classification targets run on onnxruntime or tflite (here "
-                             "or over ssh) or on tflite over adb in this version")
+                             "text-classification targets run on onnxruntime, tflite or "
+                             "tensorrt (here or over ssh) or on tflite over adb in this "
+                             "version")
         return profile.fill_target(raw)
 
     @model_validator(mode="after")

@@ -34,8 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import edgecompress  # noqa: E402,F401  (before torchvision)
 from int8_cpu import build, load_data, recalibrate_bn, resize, run_all, session, train  # noqa: E402
+
+import edgecompress  # noqa: E402,F401  (before torchvision)
 
 
 def trained(arch: str, args: argparse.Namespace, data: tuple[Any, ...]) -> torch.nn.Module:
@@ -258,7 +259,8 @@ def main() -> int:
         "accuracy": {"fp32": float(np.mean(fp32.argmax(1) == y_test)),
                      "ref": float(np.mean(ref.argmax(1) == y_test)),
                      "engine": float(np.mean(engine.argmax(1) == y_test))},
-        "agreement": {"engine_vs_ref": agreement(ref, engine), "exact_vs_ref": agreement(ref, exact),
+        "agreement": {"engine_vs_ref": agreement(ref, engine),
+                      "exact_vs_ref": agreement(ref, exact),
                       "engine_vs_exact": agreement(exact, engine),
                       "ref_vs_fp32": agreement(fp32, ref)},
         "max_abs_logit": float(np.abs(ref).max()),

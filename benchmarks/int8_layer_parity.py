@@ -79,89 +79,6 @@ def codes(model: Any, x: np.ndarray, optimize: bool) -> dict[str, np.ndarray]:
     return {n: np.asarray(a).astype(np.int32) - zps[n] for n, a in zip(names, out, strict=True)}
 
 
-def torch_codes(module: Any, x: np.ndarray, n: int) -> list[np.ndarray]:
-    """Raw codes at each ``quantize_per_tensor`` of the PyTorch int8 model, in order."""
-    from torch import fx
-
-    nodes = [m for m in module.graph.nodes
-             if m.op == "call_function" and "quantize_per_tensor" in str(m.target)
-             and "dequantize" not in str(m.target)]
-    assert len(nodes) == n, (len(nodes), n)
-    zero = {m.name: int(m.args[2]) for m in nodes}
-    got: dict[str, np.ndarray] = {}
-
-    class Capture(fx.Interpreter):
-        def run_node(self, m: Any) -> Any:
-            result = super().run_node(m)
-            if m.name in zero:
-                got[m.name] = result.detach().numpy().astype(np.int32)
-            return result
-
-    with torch.no_grad():
-        Capture(module).run(torch.from_numpy(x))
-    return [got[m.name] for m in nodes]
-
-
-def isolated(model: Any, ref_raw: dict[str, np.ndarray], optimize: bool) -> dict[str, Any]:
-    """Each int8 op alone: its sub-graph (from the int8 activations it reads to the one it
-    writes) fed the PyTorch reference's own input codes; returns its output codes per tensor.
-
-    Differences here are the op's own rounding, not inherited from earlier layers.
-    """
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    from edgecompress.backends.onnxruntime import INT8_DISABLED_OPTIMIZERS
-    from edgecompress.quant.parity_probe import _activation_quantizers
-
-    qs = _activation_quantizers(model)
-    q_out = {q.output[0] for q in qs}
-    producers = {o: n for n in model.graph.node for o in n.output}
-    inits = {i.name: i for i in model.graph.initializer}
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    out: dict[str, Any] = {}
-    for q in qs[1:]:
-        target = q.output[0]
-        nodes, inputs, stack, seen = [], [], [q.input[0], *q.input[1:]], set()
-        nodes.append(q)
-        while stack:
-            name = stack.pop()
-            if name in seen or name in inits or not name:
-                continue
-            seen.add(name)
-            if name in q_out:
-                inputs.append(name)
-                continue
-            node = producers.get(name)
-            if node is None:  # the graph input: not an isolated int8 op
-                inputs = []
-                break
-            nodes.append(node)
-            stack += list(node.input)
-        if not inputs:
-            continue
-        order = {id(n): i for i, n in enumerate(model.graph.node)}
-        nodes = sorted({id(n): n for n in nodes}.values(), key=lambda n: order[id(n)])
-        used = {i for n in nodes for i in n.input}
-        graph = helper.make_graph(
-            nodes, "iso", [helper.make_tensor_value_info(i, TensorProto.UINT8, None)
-                           for i in inputs],
-            [helper.make_tensor_value_info(target, TensorProto.UINT8, None)],
-            [inits[i] for i in used if i in inits])
-        sub = helper.make_model(graph, opset_imports=model.opset_import,
-                                ir_version=model.ir_version)
-        sess = ort.InferenceSession(sub.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=list(INT8_DISABLED_OPTIMIZERS))
-        feeds = {i: ref_raw[i].astype(np.uint8) for i in inputs}
-        out[target] = np.asarray(sess.run([target], feeds)[0]).astype(np.int32)
-    return out
-
-
 def steps(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     d = np.abs(a - b)
     return {"one": float(np.mean(d == 1)), "more": float(np.mean(d > 1)), "max": int(d.max())}
@@ -193,6 +110,7 @@ def main() -> int:
     torch.set_num_threads(1)
     from edgecompress.backends import get_backend
     from edgecompress.quant.onnx_passes import load
+    from edgecompress.quant.parity_probe import isolated_op_codes, reference_codes
     from edgecompress.quant.presets import get_preset, preset_for_target
     from edgecompress.quant.training import calibrate, predict
 
@@ -229,9 +147,11 @@ def main() -> int:
         xp = x_eval[pick]
         c_engine, c_exact = codes(onnx_model, xp, True), codes(onnx_model, xp, False)
         names = list(c_engine)
-        raw_ref = dict(zip(names, torch_codes(converted, xp, len(names)), strict=True))
-        iso_engine = isolated(onnx_model, raw_ref, True)
-        iso_exact = isolated(onnx_model, raw_ref, False)
+        raw_ref = reference_codes(onnx_model, xp, converted)
+        assert set(raw_ref) == set(names), "PyTorch and ONNX quantizers do not match"
+        iso_engine = isolated_op_codes(onnx_model, raw_ref, optimize=True,
+                                       disabled_optimizers=INT8_DISABLED_OPTIMIZERS)
+        iso_exact = isolated_op_codes(onnx_model, raw_ref, optimize=False)
     from onnx import numpy_helper
 
     inits = {i.name: i for i in onnx_model.graph.initializer}

@@ -235,6 +235,29 @@ def _torch_codes(module: Any, x: np.ndarray, quantizers: list[Any],
     return codes if len(codes) == len(wanted) else None
 
 
+def _quantizer_scales(model: Any, quantizers: list[Any]) -> list[tuple[float, int]]:
+    """(scale, zero point) of each activation QuantizeLinear."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
+    scales = []
+    for q in quantizers:
+        scale = float(numpy_helper.to_array(inits[q.input[1]]).reshape(-1)[0]) \
+            if q.input[1] in inits else float("nan")
+        zp = inits.get(q.input[2]) if len(q.input) >= 3 else None
+        scales.append((scale, int(numpy_helper.to_array(zp).reshape(-1)[0]) if zp else 0))
+    return scales
+
+
+def reference_codes(model: Any, x: np.ndarray, reference_module: Any) -> dict[str, np.ndarray]:
+    """The PyTorch int8 model's activation codes (int32), keyed by the ONNX QuantizeLinear
+    outputs of ``model`` they match; empty when the two cannot be matched."""
+    quantizers = _activation_quantizers(model)
+    codes = _torch_codes(reference_module, np.ascontiguousarray(x, dtype=np.float32), quantizers,
+                         _quantizer_scales(model, quantizers))
+    return codes or {}
+
+
 def _compare(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
     if a.shape != b.shape or a.size == 0:
         return 1.0, -1
@@ -252,18 +275,10 @@ def first_divergence(model: Any, x: np.ndarray, reference_module: Any = None) ->
             quantizers cannot be matched to the file's, the engine is compared with ORT's exact
             QDQ emulation of the same file.
     """
-    from onnx import numpy_helper
-
     quantizers = _activation_quantizers(model)
     if not quantizers:
         return None
-    inits = {i.name: i for i in model.graph.initializer}
-    scales = []
-    for q in quantizers:
-        scale = float(numpy_helper.to_array(inits[q.input[1]]).reshape(-1)[0]) \
-            if q.input[1] in inits else float("nan")
-        zp = inits.get(q.input[2]) if len(q.input) >= 3 else None
-        scales.append((scale, int(numpy_helper.to_array(zp).reshape(-1)[0]) if zp else 0))
+    scales = _quantizer_scales(model, quantizers)
     names = [q.output[0] for q in quantizers]
     source = _with_quantizer_outputs(model, quantizers)
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -286,3 +301,84 @@ def first_divergence(model: Any, x: np.ndarray, reference_module: Any = None) ->
                           fraction=fraction, max_steps=max_steps, file_at_fault=file_at_fault,
                           index=index, total=len(quantizers))
     return None
+
+
+def _isolated_subgraph(model: Any, q_node: Any, activations: set[str],
+                       producers: dict[str, Any], inits: dict[str, Any]) -> tuple[list, list]:
+    """The nodes between the int8 activations an op reads and the one ``q_node`` writes, and
+    those input activations (empty when the graph input is reached: not an int8 op)."""
+    nodes, inputs, stack, seen = [q_node], [], list(q_node.input), set()
+    while stack:
+        name = stack.pop()
+        if not name or name in seen or name in inits:
+            continue
+        seen.add(name)
+        if name in activations:
+            inputs.append(name)
+            continue
+        node = producers.get(name)
+        if node is None:
+            return [], []
+        nodes.append(node)
+        stack += list(node.input)
+    order = {id(n): i for i, n in enumerate(model.graph.node)}
+    unique = {id(n): n for n in nodes}
+    return sorted(unique.values(), key=lambda n: order[id(n)]), inputs
+
+
+#: ONNX element type of a QuantizeLinear zero point -> numpy dtype of its codes.
+_CODE_DTYPES = {2: np.uint8, 3: np.int8}
+
+
+def _zero_point_type(inits: dict[str, Any], q_node: Any) -> int:
+    zp = inits.get(q_node.input[2]) if len(q_node.input) >= 3 else None
+    return zp.data_type if zp is not None else 2  # ONNX's default zero point is uint8
+
+
+def isolated_op_codes(model: Any, inputs: dict[str, np.ndarray], *, optimize: bool,
+                      disabled_optimizers: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Each int8 op of a QDQ ``model`` run alone on given int8 input codes.
+
+    For every activation QuantizeLinear output ``t`` (but the first), the sub-graph from the
+    int8 activations it reads (DequantizeLinear -> op -> QuantizeLinear, or the fused int8
+    kernel when ``optimize``) is run on ``inputs[...]`` (raw codes, e.g. the PyTorch int8
+    model's own from :func:`reference_codes`, keyed by the ONNX tensor names) and its output
+    codes (int32) returned under ``t``.
+    Unlike :func:`first_divergence`, which compares whole-network runs where one rounding flip
+    propagates and grows with depth, this gives each op's own rounding: a correct op is within
+    one step of the reference on a tiny fraction of its elements, a wrong one (fusion,
+    requantization, pooling, zero point) is off on many.
+    """
+    import onnxruntime as ort
+    from onnx import helper
+
+    quantizers = _activation_quantizers(model)
+    activations = {q.output[0] for q in quantizers}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    inits = {i.name: i for i in model.graph.initializer}
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    out: dict[str, np.ndarray] = {}
+    for q in quantizers[1:]:
+        nodes, reads = _isolated_subgraph(model, q, activations, producers, inits)
+        if not nodes or any(name not in inputs for name in reads):
+            continue
+        used = {i for n in nodes for i in n.input}
+        feeds = {name: np.asarray(inputs[name]).astype(_CODE_DTYPES[_zero_point_type(
+            inits, producers[name])]) for name in reads}
+        graph = helper.make_graph(
+            nodes, "isolated_op",
+            [helper.make_tensor_value_info(name, _zero_point_type(inits, producers[name]), None)
+             for name in reads],
+            [helper.make_tensor_value_info(q.output[0], _zero_point_type(inits, q), None)],
+            [inits[i] for i in sorted(used) if i in inits])
+        sub = helper.make_model(graph, opset_imports=model.opset_import,
+                                ir_version=model.ir_version)
+        sess = ort.InferenceSession(sub.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(disabled_optimizers))
+        out[q.output[0]] = np.asarray(sess.run([q.output[0]], feeds)[0]).astype(np.int32)
+    return out

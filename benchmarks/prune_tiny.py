@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     from edgecompress.recipe import parse_recipe
     from edgecompress.stages.data import DataStage
     from edgecompress.stages.distill import DistillStage
-    from edgecompress.stages.finetune import FinetuneStage
     from edgecompress.stages.prune import PruneStage
+    from edgecompress.stages.teacher import TeacherStage
 
     torch.set_num_threads(args.threads)
     raw = json.loads((args.run / "recipe.json").read_text())
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                     raw["stages"]["prune"]["recovery_epochs"] = args.recovery_epochs
                 recipe = parse_recipe(raw)
                 recovery = recipe.stages.prune.recovery_epochs
-                stages = [DataStage(), FinetuneStage(), DistillStage(), PruneStage()]
+                stages = [DataStage(), TeacherStage("finetune"), DistillStage(), PruneStage()]
                 Pipeline(recipe, work, stages=stages).run()
                 m = read_stage_manifest(work, "prune")["metrics"]
                 row = {"family": family, "importance": importance,

@@ -11,13 +11,13 @@ from edgecompress.pipeline import Pipeline, read_stage_manifest
 from edgecompress.recipe import DistillConfig, load_recipe
 from edgecompress.stages.data import DataStage
 from edgecompress.stages.distill import DistillStage, augmented_loss
-from edgecompress.stages.finetune import FinetuneStage
+from edgecompress.stages.teacher import TeacherStage
 
 
 def _distill(write_recipe, tmp_path, distill):
     recipe = load_recipe(write_recipe({"stages": {"distill": distill}}))
     out = tmp_path / "run"
-    Pipeline(recipe, out, stages=[DataStage(), FinetuneStage(), DistillStage()]).run()
+    Pipeline(recipe, out, stages=[DataStage(), TeacherStage("finetune"), DistillStage()]).run()
     return out, read_stage_manifest(out, "distill")["metrics"]
 
 

@@ -25,14 +25,14 @@ from edgecompress.stages.distill import (
     distillation_summary,
     search_candidates,
 )
-from edgecompress.stages.finetune import FinetuneStage
+from edgecompress.stages.teacher import TeacherStage
 from tests.reports import make_report, target_entry
 
 
 def _distill(write_recipe, tmp_path, distill, **top):
     recipe = load_recipe(write_recipe({"stages": {"distill": distill}, **top}))
     out = tmp_path / "run"
-    Pipeline(recipe, out, stages=[DataStage(), FinetuneStage(), DistillStage()]).run()
+    Pipeline(recipe, out, stages=[DataStage(), TeacherStage("finetune"), DistillStage()]).run()
     return out, read_stage_manifest(out, "distill")["metrics"]
 
 

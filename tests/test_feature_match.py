@@ -16,8 +16,8 @@ from edgecompress.recipe import FeatureMatch, load_recipe, parse_recipe
 from edgecompress.stages.data import DataStage
 from edgecompress.stages.distill import DistillStage
 from edgecompress.stages.feature_match import match_layers, trace_candidates
-from edgecompress.stages.finetune import FinetuneStage
 from edgecompress.stages.losses import FeatureTaps, feature_mse, make_projection
+from edgecompress.stages.teacher import TeacherStage
 
 
 def _pairs(matches: list[FeatureMatch]) -> list[tuple[str, str]]:
@@ -191,7 +191,7 @@ def test_distill_stage_with_auto_features_records_the_pairs_and_trains(write_rec
     recipe = load_recipe(write_recipe({
         "stages": {"distill": {"features": "auto", "feature_pairs": 2, "epochs": 3}}}))
     out = tmp_path / "run"
-    Pipeline(recipe, out, stages=[DataStage(), FinetuneStage(), DistillStage()]).run()
+    Pipeline(recipe, out, stages=[DataStage(), TeacherStage("finetune"), DistillStage()]).run()
     metrics = read_stage_manifest(out, "distill")["metrics"]
     assert metrics["feature_pairs"] == [
         {"teacher": "stage2", "student": "stage2", "weight": 0.1},

@@ -11,7 +11,7 @@ from edgecompress.pipeline import Pipeline, read_stage_manifest
 from edgecompress.recipe import load_recipe
 from edgecompress.stages.augment import mixup, random_shift
 from edgecompress.stages.data import DataStage
-from edgecompress.stages.finetune import FinetuneStage
+from edgecompress.stages.teacher import TeacherStage
 
 
 def _pretrained(tmp_path: Path, num_classes: int) -> Path:
@@ -35,7 +35,7 @@ def _run(write_recipe, tmp_path, finetune, num_classes=5):
                     "kwargs": {"num_classes": num_classes}, "weights": str(weights)},
         "stages": {"finetune": finetune}}))
     out = tmp_path / "run"
-    Pipeline(recipe, out, stages=[DataStage(), FinetuneStage()]).run()
+    Pipeline(recipe, out, stages=[DataStage(), TeacherStage("finetune")]).run()
     before = torch.load(weights, weights_only=True)
     after = torch.load(out / "finetune" / "teacher.pt", weights_only=True)
     return before, after, read_stage_manifest(out, "finetune")["metrics"]

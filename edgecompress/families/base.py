@@ -15,8 +15,9 @@ export configs); this is ours. A family is registered by its recipe ``task`` (se
   in ``report.md``; the shared report stage adds targets, stage timings, environment and gate
   and renders report.md, report.html and junit.xml the same way for every family.
 
-Stage classes that are family-agnostic are shared: data, bench and report (the bench stage asks
-the family which files each target's engines come from and what they are fed). The training,
+Stage classes that are family-agnostic are shared: data, teacher, bench and report (the teacher
+stage runs the family's :class:`~edgecompress.stages.teacher.TeacherSteps`; the bench stage asks
+the family which files each target's engines come from and what they are fed). The distill,
 pruning and export stages are still per family (see the README's "Model families").
 """
 
@@ -126,6 +127,13 @@ class ModelFamily(ABC):
         """The shared data stage's work: load and split the data (``ctx``), write what the run
         records of it into ``out_dir`` (``dataset.json``; a calibration subset for families that
         calibrate) and return ``(outputs, metrics)``."""
+
+    # --- training ----------------------------------------------------------------------------
+
+    def teacher_steps(self, ctx: Context) -> Any:
+        """What the shared teacher stage runs for this family (a
+        :class:`~edgecompress.stages.teacher.TeacherSteps`)."""
+        raise NotImplementedError(f"{self.task}: the teacher stage needs teacher_steps")
 
     # --- bench (the shared bench stage asks these; a family without engines needs none) ----
 

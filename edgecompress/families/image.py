@@ -79,13 +79,18 @@ class ImageFamily(ModelFamily):
         from edgecompress.stages.data import DataStage
         from edgecompress.stages.distill import DistillStage
         from edgecompress.stages.export import ExportStage
-        from edgecompress.stages.finetune import FinetuneStage
         from edgecompress.stages.prune import PruneStage
         from edgecompress.stages.qat import QatStage
         from edgecompress.stages.report import ReportStage
+        from edgecompress.stages.teacher import TeacherStage
 
-        return [DataStage(), FinetuneStage(), DistillStage(), PruneStage(), QatStage(),
+        return [DataStage(), TeacherStage("finetune"), DistillStage(), PruneStage(), QatStage(),
                 ExportStage(), BenchStage(), ReportStage()]
+
+    def teacher_steps(self, ctx: Any) -> Any:
+        from edgecompress.stages.finetune import ImageTeacherSteps
+
+        return ImageTeacherSteps(ctx)
 
     def preflight(self, ctx: Any) -> None:
         """Data loads, models build and fit the data's shape and classes, feature taps exist,

@@ -1,4 +1,5 @@
-"""Training stages of the text family: teacher, distill, prune (data is the shared stage).
+"""Training steps of the text family: its teacher steps (run by the shared teacher stage), and
+its distill and prune stages (data, teacher, bench and report are shared stages).
 
 Each writes a Hugging Face directory (``save_pretrained`` of model and tokenizer) so every
 intermediate model is usable on its own, and the stage contract of
@@ -16,6 +17,7 @@ import torch
 from edgecompress.errors import ModelError
 from edgecompress.io import sha256_file
 from edgecompress.stages.base import Stage, StageResult
+from edgecompress.stages.teacher import TeacherSteps
 from edgecompress.text.context import TextContext
 from edgecompress.text.recipe import text_recipe_to_dict
 
@@ -35,28 +37,29 @@ def dir_fingerprint(directory: Path) -> str:
     return sha256_json({str(p.relative_to(directory)): sha256_file(p) for p in files})
 
 
-class TeacherStage(Stage):
-    """Adopts (or builds) the teacher and fine-tunes it; writes ``teacher/model/``."""
+class TextTeacherSteps(TeacherSteps):
+    """The text family's teacher (the shared teacher stage, named ``teacher``): a Hugging Face
+    directory adopted, or a BERT built from a config with a WordPiece tokenizer trained on the
+    training texts (rank 0 trains it and broadcasts it); fine-tuned; ``teacher/model/``."""
 
-    name = "teacher"
-    distributed = True  # under torchrun every rank trains its shard (DDP)
+    ctx: TextContext
 
-    def config(self, ctx: TextContext) -> dict[str, Any]:
-        raw = text_recipe_to_dict(ctx.recipe)
+    def config(self) -> dict[str, Any]:
+        raw = text_recipe_to_dict(self.ctx.recipe)
         return {"teacher": raw["teacher"], "max_length": raw["data"]["max_length"]}
 
-    def extra_fingerprints(self, ctx: TextContext) -> dict[str, str]:
+    def fingerprints(self) -> dict[str, str]:
+        ctx = self.ctx
         fp = {"dataset": ctx.bundle.fingerprint}
         if ctx.recipe.teacher.path is not None:
             fp["teacher_dir"] = dir_fingerprint(ctx.recipe.teacher.path)
         return fp
 
-    def run(self, ctx: TextContext) -> StageResult:
-        from edgecompress.text.models import load_hf, model_summary, save_hf, scratch_teacher
-        from edgecompress.text.train import accuracy, train
+    def build(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        from edgecompress.text.models import load_hf, scratch_teacher
 
+        ctx = self.ctx
         cfg, b = ctx.recipe.teacher, ctx.bundle
-        id2label = dict(enumerate(b.classes))
         if cfg.scratch is not None:
             from edgecompress.distributed import broadcast_object
             from edgecompress.text.models import train_wordpiece
@@ -70,23 +73,32 @@ class TeacherStage(Stage):
         else:
             model, tokenizer = load_hf(cfg.path, num_labels=b.num_classes,
                                        trust_remote_code=cfg.trust_remote_code,
-                                       id2label=id2label)
+                                       id2label=dict(enumerate(b.classes)))
         ctx.set_tokenizer(tokenizer)
-        metrics: dict[str, Any] = {"source": str(cfg.path) if cfg.path else "scratch"}
-        model.to(ctx.dist.device)
-        if cfg.finetune.enabled and cfg.finetune.epochs > 0:
-            torch.manual_seed(ctx.recipe.seed)
-            metrics["finetune"] = train(model, ctx.encoded("train"), ctx.encoded("val"),
-                                        cfg.finetune, ctx.pad_id, seed=ctx.recipe.seed,
-                                        label="teacher", dist_info=ctx.dist)
-        metrics["test_accuracy"] = accuracy(model, ctx.encoded("test"), ctx.pad_id)
-        metrics["summary"] = model_summary(model)
-        metrics["world_size"] = ctx.dist.world_size
-        if not ctx.dist.is_main:  # rank 0 writes the model; the pipeline waits for it
-            return StageResult(metrics=metrics)
-        logger.info("teacher test accuracy %.4f", metrics["test_accuracy"])
-        out = save_hf(model.cpu(), tokenizer, ctx.teacher_dir)
-        return StageResult(outputs=hf_outputs(out), metrics=metrics)
+        return model, {"source": str(cfg.path) if cfg.path else "scratch"}
+
+    def finetune(self, model: torch.nn.Module) -> dict[str, Any]:
+        from edgecompress.text.train import train
+
+        ctx, cfg = self.ctx, self.ctx.recipe.teacher.finetune
+        if not (cfg.enabled and cfg.epochs > 0):
+            return {}
+        torch.manual_seed(ctx.recipe.seed)
+        return {"finetune": train(model, ctx.encoded("train"), ctx.encoded("val"), cfg,
+                                  ctx.pad_id, seed=ctx.recipe.seed, label="teacher",
+                                  dist_info=ctx.dist)}
+
+    def score(self, model: torch.nn.Module) -> dict[str, Any]:
+        from edgecompress.text.models import model_summary
+        from edgecompress.text.train import accuracy
+
+        return {"test_accuracy": accuracy(model, self.ctx.encoded("test"), self.ctx.pad_id),
+                "summary": model_summary(model)}
+
+    def save(self, model: torch.nn.Module, out_dir: Path) -> dict[str, Path]:
+        from edgecompress.text.models import save_hf
+
+        return hf_outputs(save_hf(model, self.ctx.tokenizer, out_dir / "model"))
 
 
 def load_run_model(directory: Path) -> torch.nn.Module:

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecompress.recipe import parse_recipe
     from edgecompress.stages.base import Context
     from edgecompress.stages.common import build_student, load_teacher
-    from edgecompress.stages.distill import DistillStage
+    from edgecompress.stages.distill import ImageDistillSteps
     from edgecompress.training import accuracy, seed_everything
 
     torch.set_num_threads(args.threads)
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             seeded_ctx._bundle = bundle  # same split as the run; only init and order change
             seed_everything(seed)
             student = build_student(seeded_ctx)
-            DistillStage()._train_one(seeded_ctx, teacher, student, alpha, [], role)
+            ImageDistillSteps(seeded_ctx).train_one(teacher, student, alpha, [], role)
             row[role] = accuracy(student, bundle.test.x, bundle.test.y, dist_info.device)
         row["gain_pp"] = 100 * (row["distilled"] - row["baseline"])
         rows.append(row)

@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecompress.pipeline import Pipeline, read_stage_manifest
     from edgecompress.recipe import parse_recipe
     from edgecompress.stages.data import DataStage
-    from edgecompress.stages.distill import DistillStage
-    from edgecompress.stages.prune import PruneStage
+    from edgecompress.stages.student import DistillStage, PruneStage
     from edgecompress.stages.teacher import TeacherStage
 
     torch.set_num_threads(args.threads)

@@ -10,7 +10,8 @@ from edgecompress.errors import ConfigError
 from edgecompress.pipeline import Pipeline, read_stage_manifest
 from edgecompress.recipe import DistillConfig, load_recipe
 from edgecompress.stages.data import DataStage
-from edgecompress.stages.distill import DistillStage, augmented_loss
+from edgecompress.stages.distill import augmented_loss
+from edgecompress.stages.student import DistillStage
 from edgecompress.stages.teacher import TeacherStage
 
 

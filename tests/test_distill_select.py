@@ -19,12 +19,12 @@ from edgecompress.report_html import _distillation_html
 from edgecompress.stages import distill as distill_mod
 from edgecompress.stages.data import DataStage
 from edgecompress.stages.distill import (
-    DistillStage,
     Setting,
     choose_student,
     distillation_summary,
     search_candidates,
 )
+from edgecompress.stages.student import DistillStage
 from edgecompress.stages.teacher import TeacherStage
 from tests.reports import make_report, target_entry
 

@@ -14,9 +14,9 @@ from edgecompress.models.tiny import build_builtin
 from edgecompress.pipeline import Pipeline, read_stage_manifest
 from edgecompress.recipe import FeatureMatch, load_recipe, parse_recipe
 from edgecompress.stages.data import DataStage
-from edgecompress.stages.distill import DistillStage
 from edgecompress.stages.feature_match import match_layers, trace_candidates
 from edgecompress.stages.losses import FeatureTaps, feature_mse, make_projection
+from edgecompress.stages.student import DistillStage
 from edgecompress.stages.teacher import TeacherStage
 
 

@@ -205,7 +205,7 @@ def test_disabled_prune_is_a_no_op(write_recipe, tmp_path):
     from edgecompress.distributed import DistInfo
     from edgecompress.stages.base import Context
     from edgecompress.stages.common import final_student_source
-    from edgecompress.stages.prune import PruneStage
+    from edgecompress.stages.student import PruneStage
 
     ctx = Context(load_recipe(write_recipe()), tmp_path, DistInfo(0, 1, 0, torch.device("cpu")))
     stage = PruneStage()

@@ -15,10 +15,11 @@ export configs); this is ours. A family is registered by its recipe ``task`` (se
   in ``report.md``; the shared report stage adds targets, stage timings, environment and gate
   and renders report.md, report.html and junit.xml the same way for every family.
 
-Stage classes that are family-agnostic are shared: data, teacher, bench and report (the teacher
-stage runs the family's :class:`~edgecompress.stages.teacher.TeacherSteps`; the bench stage asks
-the family which files each target's engines come from and what they are fed). The distill,
-pruning and export stages are still per family (see the README's "Model families").
+Stage classes that are family-agnostic are shared: data, teacher, distill, prune, bench and
+report (the training stages run the family's steps: :mod:`edgecompress.stages.teacher`,
+:mod:`edgecompress.stages.student`; the bench stage asks the family which files each target's
+engines come from and what they are fed). The export stage (and the image family's qat stage)
+are still per family (see the README's "Model families").
 """
 
 from __future__ import annotations
@@ -134,6 +135,16 @@ class ModelFamily(ABC):
         """What the shared teacher stage runs for this family (a
         :class:`~edgecompress.stages.teacher.TeacherSteps`)."""
         raise NotImplementedError(f"{self.task}: the teacher stage needs teacher_steps")
+
+    def distill_steps(self, ctx: Context) -> Any:
+        """What the shared distill stage runs (a
+        :class:`~edgecompress.stages.student.DistillSteps`)."""
+        raise NotImplementedError(f"{self.task}: the distill stage needs distill_steps")
+
+    def prune_steps(self, ctx: Context) -> Any:
+        """What the shared prune stage runs (a
+        :class:`~edgecompress.stages.student.PruneSteps`)."""
+        raise NotImplementedError(f"{self.task}: the prune stage needs prune_steps")
 
     # --- bench (the shared bench stage asks these; a family without engines needs none) ----
 

@@ -77,11 +77,10 @@ class ImageFamily(ModelFamily):
     def stages(self) -> list[Any]:
         from edgecompress.stages.bench import BenchStage
         from edgecompress.stages.data import DataStage
-        from edgecompress.stages.distill import DistillStage
         from edgecompress.stages.export import ExportStage
-        from edgecompress.stages.prune import PruneStage
         from edgecompress.stages.qat import QatStage
         from edgecompress.stages.report import ReportStage
+        from edgecompress.stages.student import DistillStage, PruneStage
         from edgecompress.stages.teacher import TeacherStage
 
         return [DataStage(), TeacherStage("finetune"), DistillStage(), PruneStage(), QatStage(),
@@ -91,6 +90,16 @@ class ImageFamily(ModelFamily):
         from edgecompress.stages.finetune import ImageTeacherSteps
 
         return ImageTeacherSteps(ctx)
+
+    def distill_steps(self, ctx: Any) -> Any:
+        from edgecompress.stages.distill import ImageDistillSteps
+
+        return ImageDistillSteps(ctx)
+
+    def prune_steps(self, ctx: Any) -> Any:
+        from edgecompress.stages.prune import ImagePruneSteps
+
+        return ImagePruneSteps(ctx)
 
     def preflight(self, ctx: Any) -> None:
         """Data loads, models build and fit the data's shape and classes, feature taps exist,

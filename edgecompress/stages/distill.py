@@ -1,4 +1,5 @@
-"""distill stage: train the student from the frozen teacher, and keep it only if it pays.
+"""The image family's distill steps (run by the shared :class:`DistillStage`): train the
+student from the frozen teacher, and keep it only if it pays.
 
 Loss = alpha * soft + (1 - alpha) * CE(y), where soft is Hinton's T^2 * KL (default), Decoupled
 KD or DIST (``stages.distill.loss``), plus optional feature matching (MSE) terms through learned
@@ -27,7 +28,6 @@ from torch import nn
 from edgecompress.distributed import DistInfo
 from edgecompress.recipe import DistillConfig, recipe_to_dict
 from edgecompress.stages.augment import cutmix, mixup, random_shift
-from edgecompress.stages.base import Context, Stage, StageResult
 from edgecompress.stages.common import build_student, load_teacher, save_state, spec_files
 from edgecompress.stages.feature_match import resolve_features
 from edgecompress.stages.losses import (
@@ -36,6 +36,7 @@ from edgecompress.stages.losses import (
     feature_mse,
     make_projection,
 )
+from edgecompress.stages.student import DistillSteps
 from edgecompress.training import (
     TrainResult,
     accuracy,
@@ -200,31 +201,30 @@ def run_search(teacher: nn.Module, make_student: Callable[[], nn.Module], data: 
     return chosen, info, best_model
 
 
-class DistillStage(Stage):
-    """Produces ``distill/student.pt`` (the student later stages read). With the baseline on,
-    also ``distill/distilled.pt`` and ``distill/baseline.pt``, and student.pt is whichever of
-    the two scored higher on the validation split."""
+class ImageDistillSteps(DistillSteps):
+    """The image family's distillation (run by the shared distill stage): ``distill/student.pt``
+    (the student later stages read). With the baseline on, also ``distill/distilled.pt`` and
+    ``distill/baseline.pt``, and student.pt is whichever of the two scored higher on the
+    validation split."""
 
-    name = "distill"
-    distributed = True
-
-    def config(self, ctx: Context) -> dict[str, Any]:
-        raw = recipe_to_dict(ctx.recipe)
+    def config(self) -> dict[str, Any]:
+        raw = recipe_to_dict(self.ctx.recipe)
         return {"student": raw["student"], "distill": raw["stages"]["distill"],
                 "seed": raw["seed"]}
 
-    def inputs(self, ctx: Context) -> dict[str, Any]:
+    def inputs(self) -> dict[str, Any]:
+        ctx = self.ctx
         return {"teacher": ctx.run_dir / "finetune" / "teacher.pt",
                 **spec_files(ctx.recipe.student, "student")}
 
-    def run(self, ctx: Context) -> StageResult:
+    def distill(self) -> tuple[dict[str, nn.Module], str, dict[str, Any]]:
+        ctx = self.ctx
         cfg = ctx.recipe.stages.distill
         device, bundle, seed = ctx.dist.device, ctx.bundle, ctx.recipe.seed
         teacher = load_teacher(ctx).to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
-        out_dir = ctx.stage_dir(self.name)
-        metrics: dict[str, Any] = {"world_size": ctx.dist.world_size, "device": str(device)}
+        metrics: dict[str, Any] = {"device": str(device)}
         if cfg.enabled and cfg.features == "auto":  # resolved once: every run uses these pairs
             probe = torch.from_numpy(bundle.train.x[:2]).to(device)
             cfg, metrics["feature_pairs"] = resolve_features(cfg, teacher, build_student(ctx)
@@ -274,19 +274,19 @@ class DistillStage(Stage):
             metrics["distillation"] = distillation_summary(metrics["student"], None, search)
         metrics["kept"] = "baseline" if kept == "baseline" else "distilled"
         metrics["final"] = {k: metrics[kept][k] for k in ("val_accuracy", "test_accuracy")}
-        outputs: dict[str, Any] = {"student": out_dir / "student.pt"}
-        if ctx.dist.is_main:
-            outputs["student"] = save_state(models[kept].cpu(), out_dir / "student.pt")
-            if "baseline" in models:
-                outputs["distilled"] = save_state(models["student"].cpu(),
-                                                  out_dir / "distilled.pt")
-                outputs["baseline"] = save_state(models["baseline"].cpu(),
-                                                 out_dir / "baseline.pt")
-        return StageResult(outputs=outputs, metrics=metrics)
+        return models, kept, metrics
 
-    def _train_one(self, ctx: Context, teacher: nn.Module, student: nn.Module, alpha: float,
-                   features: list, role: str) -> TrainResult:
+    def save(self, models: dict[str, nn.Module], kept: str, out_dir: Any) -> dict[str, Any]:
+        outputs = {"student": save_state(models[kept].cpu(), out_dir / "student.pt")}
+        if "baseline" in models:
+            outputs["distilled"] = save_state(models["student"].cpu(), out_dir / "distilled.pt")
+            outputs["baseline"] = save_state(models["baseline"].cpu(), out_dir / "baseline.pt")
+        return outputs
+
+    def train_one(self, teacher: nn.Module, student: nn.Module, alpha: float,
+                  features: list, role: str) -> TrainResult:
         """One training run with the recipe's settings and ``alpha`` (kept for benchmarks)."""
+        ctx = self.ctx
         cfg = ctx.recipe.stages.distill
         return train_student(teacher, student, ctx.bundle, cfg,
                              Setting(cfg.loss, cfg.temperature, alpha), seed=ctx.recipe.seed,
@@ -376,3 +376,4 @@ def augmented_loss(module: nn.Module, teacher: nn.Module | None, xb: torch.Tenso
             t_logits = teacher(xb)
     kw = {"alpha": alpha, "temperature": temperature, "loss": loss, "dkd_beta": dkd_beta}
     return mixed_distillation_loss(logits, t_logits, yb, perm, lam, **kw)
+

@@ -1,4 +1,5 @@
-"""prune stage: structured pruning of the distilled student, recovered by distillation.
+"""The image family's prune steps (run by the shared :class:`PruneStage`): structured pruning
+of the distilled student, recovered by distillation.
 
 Loads ``distill/student.pt``, removes whole channels with torch-pruning's dependency graph in
 ``steps`` slices toward the recipe's channel ratio or MACs/params budget, and after each slice
@@ -20,10 +21,11 @@ from torch import nn
 
 from edgecompress.errors import ConfigError, ParityError
 from edgecompress.recipe import PRUNE_TARGET_KEYS, PruneConfig, recipe_to_dict
-from edgecompress.stages.base import Context, Stage, StageResult
+from edgecompress.stages.base import Context
 from edgecompress.stages.common import build_student, load_state, load_teacher, spec_files
 from edgecompress.stages.losses import distillation_loss
-from edgecompress.training import accuracy, augments, predict_logits, seed_everything, train
+from edgecompress.stages.student import PruneSteps
+from edgecompress.training import accuracy, augments, predict_logits, train
 
 logger = logging.getLogger(__name__)
 
@@ -98,36 +100,36 @@ def _dry_run(student: nn.Module, example: torch.Tensor, target: Any, cfg: Any) -
     return rebuilt
 
 
-class PruneStage(Stage):
-    """Produces ``prune/student.pt2`` and ``prune/student_state.pt`` when enabled."""
+class ImagePruneSteps(PruneSteps):
+    """The image family's pruning (run by the shared prune stage): channels removed with
+    torch-pruning in ``steps`` slices, each recovered by distillation; ``prune/student.pt2``
+    and ``prune/student_state.pt``."""
 
-    name = "prune"
-    distributed = True
+    @property
+    def enabled(self) -> bool:
+        return self.ctx.recipe.stages.prune.enabled
 
-    def config(self, ctx: Context) -> dict[str, Any]:
-        raw = recipe_to_dict(ctx.recipe)
-        if not ctx.recipe.stages.prune.enabled:
+    def config(self) -> dict[str, Any]:
+        raw = recipe_to_dict(self.ctx.recipe)
+        if not self.enabled:
             return {"enabled": False}
         return {"student": raw["student"], "prune": raw["stages"]["prune"], "seed": raw["seed"]}
 
-    def inputs(self, ctx: Context) -> dict[str, Any]:
-        if not ctx.recipe.stages.prune.enabled:
+    def inputs(self) -> dict[str, Any]:
+        ctx = self.ctx
+        if not self.enabled:
             return {}
         return {"teacher": ctx.run_dir / "finetune" / "teacher.pt",
                 "student": ctx.run_dir / "distill" / "student.pt",
                 **spec_files(ctx.recipe.student, "student")}
 
-    def run(self, ctx: Context) -> StageResult:
-        cfg = ctx.recipe.stages.prune
-        if not cfg.enabled:
-            logger.info("pruning disabled: the distilled student is the final student")
-            return StageResult(metrics={"enabled": False})
-        from edgecompress.prune.artifact import load_pruned, save_pruned
+    def prune(self) -> tuple[nn.Module, dict[str, Any]]:
         from edgecompress.prune.importance import make_importance
         from edgecompress.prune.pruner import StructuredPruner
 
+        ctx = self.ctx
+        cfg = ctx.recipe.stages.prune
         device, bundle = ctx.dist.device, ctx.bundle
-        seed_everything(ctx.recipe.seed)
         teacher = load_teacher(ctx).to(device).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -154,24 +156,24 @@ class PruneStage(Stage):
             record["test_accuracy_recovered"] = accuracy(student, bundle.test.x, bundle.test.y,
                                                          device)
             history.append(record)
-        student = student.cpu().eval()
-        metrics: dict[str, Any] = {"enabled": True, **pruner.summary(),
-                                   "importance": cfg.importance, "round_to": cfg.round_to,
-                                   "steps": history,
+        metrics: dict[str, Any] = {**pruner.summary(), "importance": cfg.importance,
+                                   "round_to": cfg.round_to, "steps": history,
                                    "test_accuracy_distilled": distilled_acc,
-                                   "test_accuracy": history[-1]["test_accuracy_recovered"],
-                                   "world_size": ctx.dist.world_size}
-        out_dir = ctx.stage_dir(self.name)
-        program, state = out_dir / PROGRAM_NAME, out_dir / STATE_NAME
-        if ctx.dist.is_main:
-            save_pruned(student, torch.from_numpy(bundle.test.x[:2]), program, state)
-            metrics["reload_max_abs_diff"] = _check_reload(student, load_pruned(program),
-                                                           bundle.test.x)
+                                   "test_accuracy": history[-1]["test_accuracy_recovered"]}
         logger.info("pruned student: params %d -> %d, MACs %d -> %d, test accuracy %.4f -> "
                     "%.4f", metrics["params_before"], metrics["params_after"],
                     metrics["macs_before"], metrics["macs_after"], distilled_acc,
                     metrics["test_accuracy"])
-        return StageResult(outputs={"program": program, "state": state}, metrics=metrics)
+        return student.cpu().eval(), metrics
+
+    def save(self, model: nn.Module, out_dir: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        from edgecompress.prune.artifact import load_pruned, save_pruned
+
+        x = self.ctx.bundle.test.x
+        program, state = out_dir / PROGRAM_NAME, out_dir / STATE_NAME
+        save_pruned(model, torch.from_numpy(x[:2]), program, state)
+        return ({"program": program, "state": state},
+                {"reload_max_abs_diff": _check_reload(model, load_pruned(program), x)})
 
     def _taylor_gradients(self, ctx: Context, student: nn.Module,
                           teacher_logits: torch.Tensor) -> None:
@@ -229,3 +231,4 @@ def _check_reload(model: nn.Module, reloaded: nn.Module, x: np.ndarray) -> float
         raise ParityError(f"the saved pruned student differs from the pruned model by {diff:.3g} "
                           f"(> {RELOAD_ATOL:g}) on the test split")
     return diff
+

@@ -4,11 +4,10 @@ teachers, DistilBERT/TinyBERT-style students, head and FFN pruning, INT8 on ONNX
 Runs in the one :class:`~edgecompress.pipeline.Pipeline` (run directory ownership, manifests,
 resume, lock) and reports through the shared report stage (report.json, report.md, report.html,
 junit.xml, the gate), trains through the shared loop (:func:`edgecompress.training.fit`) and
-makes its teacher in the shared teacher stage (:class:`~edgecompress.text.stages.
-TextTeacherSteps`) and builds, scores and times its engines in the shared bench stage (it says
+runs its teacher, distill and prune steps (:mod:`edgecompress.text.stages`) in the shared
+training stages and builds, scores and times its engines in the shared bench stage (it says
 which files and what they are fed: :class:`~edgecompress.text.evalset.TokenEvalSet`). Its
-stage classes for distill, prune and export are still its own (:mod:`edgecompress.text.stages`,
-:mod:`edgecompress.text.engines`).
+export stage is still its own (:mod:`edgecompress.text.engines`).
 """
 
 from __future__ import annotations
@@ -99,17 +98,27 @@ class TextFamily(ModelFamily):
         from edgecompress.stages.bench import BenchStage
         from edgecompress.stages.data import DataStage
         from edgecompress.stages.report import ReportStage
+        from edgecompress.stages.student import DistillStage, PruneStage
         from edgecompress.stages.teacher import TeacherStage
         from edgecompress.text.engines import TextExportStage
-        from edgecompress.text.stages import DistillStage, TextPruneStage
 
-        return [DataStage(), TeacherStage("teacher"), DistillStage(), TextPruneStage(),
+        return [DataStage(), TeacherStage("teacher"), DistillStage(), PruneStage(),
                 TextExportStage(), BenchStage(), ReportStage()]
 
     def teacher_steps(self, ctx: Any) -> Any:
         from edgecompress.text.stages import TextTeacherSteps
 
         return TextTeacherSteps(ctx)
+
+    def distill_steps(self, ctx: Any) -> Any:
+        from edgecompress.text.stages import TextDistillSteps
+
+        return TextDistillSteps(ctx)
+
+    def prune_steps(self, ctx: Any) -> Any:
+        from edgecompress.text.stages import TextPruneSteps
+
+        return TextPruneSteps(ctx)
 
     def preflight(self, ctx: Any) -> None:
         """Runtimes present, data loads, the teacher directory exists, the student's layers fit

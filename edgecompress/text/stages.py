@@ -1,9 +1,8 @@
-"""Training steps of the text family: its teacher steps (run by the shared teacher stage), and
-its distill and prune stages (data, teacher, bench and report are shared stages).
+"""Training steps of the text family, run by the shared teacher, distill and prune stages
+(:mod:`edgecompress.stages.teacher`, :mod:`edgecompress.stages.student`).
 
 Each writes a Hugging Face directory (``save_pretrained`` of model and tokenizer) so every
-intermediate model is usable on its own, and the stage contract of
-:mod:`edgecompress.stages.base` so the pipeline can hash, skip and resume them.
+intermediate model is usable on its own.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import torch
 
 from edgecompress.errors import ModelError
 from edgecompress.io import sha256_file
-from edgecompress.stages.base import Stage, StageResult
+from edgecompress.stages.student import DistillSteps, PruneSteps
 from edgecompress.stages.teacher import TeacherSteps
 from edgecompress.text.context import TextContext
 from edgecompress.text.recipe import text_recipe_to_dict
@@ -130,23 +129,25 @@ def make_loss(ctx: TextContext, cfg: Any, student, teacher, kept: list[int] | No
                            teacher_width=teacher.config.hidden_size)
 
 
-class DistillStage(Stage):
-    """Builds the student from the teacher and distils it; writes ``distill/model/``."""
+class TextDistillSteps(DistillSteps):
+    """The text family's distillation (run by the shared distill stage): a student built from
+    the teacher (its layers copied, or narrower), trained with logit KD + CE and optional
+    TinyBERT hidden-state and attention terms; ``distill/model/``."""
 
-    name = "distill"
-    distributed = True  # under torchrun every rank trains its shard (DDP)
+    ctx: TextContext
 
-    def config(self, ctx: TextContext) -> dict[str, Any]:
-        raw = text_recipe_to_dict(ctx.recipe)
+    def config(self) -> dict[str, Any]:
+        raw = text_recipe_to_dict(self.ctx.recipe)
         return {"student": raw["student"], "distill": raw["distill"], "seed": raw["seed"]}
 
-    def inputs(self, ctx: TextContext) -> dict[str, Path]:
-        return {"teacher": ctx.run_dir / "teacher" / "stage.json"}
+    def inputs(self) -> dict[str, Path]:
+        return {"teacher": self.ctx.run_dir / "teacher" / "stage.json"}
 
-    def run(self, ctx: TextContext) -> StageResult:
-        from edgecompress.text.models import build_student, model_summary, save_hf
+    def distill(self) -> tuple[dict[str, torch.nn.Module], str, dict[str, Any]]:
+        from edgecompress.text.models import build_student, model_summary
         from edgecompress.text.train import accuracy, train
 
+        ctx = self.ctx
         teacher = load_run_model(ctx.teacher_dir)
         student, kept = build_student(teacher, ctx.recipe.student, ctx.recipe.seed)
         teacher.to(ctx.dist.device)
@@ -162,42 +163,48 @@ class DistillStage(Stage):
                                  loss_fn=loss, label="distill", dist_info=ctx.dist)
         metrics["test_accuracy"] = accuracy(student, ctx.encoded("test"), ctx.pad_id)
         metrics["summary"] = model_summary(student)
-        metrics["world_size"] = ctx.dist.world_size
-        if not ctx.dist.is_main:
-            return StageResult(metrics=metrics)
-        logger.info("student test accuracy %.4f", metrics["test_accuracy"])
-        out = save_hf(student.cpu(), ctx.tokenizer, ctx.run_dir / "distill" / "model")
-        return StageResult(outputs=hf_outputs(out), metrics=metrics)
+        if ctx.dist.is_main:
+            logger.info("student test accuracy %.4f", metrics["test_accuracy"])
+        return {"student": student}, "student", metrics
+
+    def save(self, models: dict[str, torch.nn.Module], kept: str, out_dir: Path
+             ) -> dict[str, Path]:
+        from edgecompress.text.models import save_hf
+
+        return hf_outputs(save_hf(models[kept].cpu(), self.ctx.tokenizer, out_dir / "model"))
 
 
-class TextPruneStage(Stage):
-    """Removes heads and FFN neurons, recovers with distillation; writes ``prune/model/`` and
-    checks that ``from_pretrained`` reloads it to the same logits."""
+class TextPruneSteps(PruneSteps):
+    """The text family's pruning (run by the shared prune stage): attention heads and FFN
+    neurons removed, recovered with distillation; ``prune/model/``, checked to reload with
+    ``from_pretrained`` to the same logits."""
 
-    name = "prune"
-    distributed = True  # under torchrun every rank trains its shard (DDP)
+    ctx: TextContext
 
-    def config(self, ctx: TextContext) -> dict[str, Any]:
-        return {"prune": text_recipe_to_dict(ctx.recipe)["prune"]}
+    @property
+    def enabled(self) -> bool:
+        return self.ctx.recipe.prune.enabled
 
-    def inputs(self, ctx: TextContext) -> dict[str, Path]:
-        return {"distill": ctx.run_dir / "distill" / "stage.json"}
+    def config(self) -> dict[str, Any]:
+        return {"prune": text_recipe_to_dict(self.ctx.recipe)["prune"]}
 
-    def run(self, ctx: TextContext) -> StageResult:
-        cfg = ctx.recipe.prune
-        if not cfg.enabled:
-            return StageResult(metrics={"enabled": False})
+    def inputs(self) -> dict[str, Path]:
+        return {"distill": self.ctx.run_dir / "distill" / "stage.json"}
+
+    def prune(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         from edgecompress.text.data import collate
-        from edgecompress.text.models import model_summary, save_hf
+        from edgecompress.text.models import model_summary
         from edgecompress.text.prune import prune_student
-        from edgecompress.text.train import accuracy, predict, train
+        from edgecompress.text.train import accuracy, train
 
+        ctx = self.ctx
+        cfg = ctx.recipe.prune
         teacher = load_run_model(ctx.teacher_dir)
         student = load_run_model(ctx.run_dir / "distill" / "model")
         before = model_summary(student)
         ids, mask = collate(ctx.encoded("val").head(4), ctx.pad_id)
         plan = prune_student(student, cfg, {"input_ids": ids, "attention_mask": mask})
-        metrics: dict[str, Any] = {"enabled": True, **plan, "summary_before": before,
+        metrics: dict[str, Any] = {**plan, "summary_before": before,
                                    "accuracy_pruned": accuracy(student, ctx.encoded("test"),
                                                                ctx.pad_id)}
         if cfg.recovery.epochs > 0:
@@ -211,15 +218,20 @@ class TextPruneStage(Stage):
                                         dist_info=ctx.dist)
         metrics["test_accuracy"] = accuracy(student, ctx.encoded("test"), ctx.pad_id)
         metrics["summary"] = model_summary(student)
-        if not ctx.dist.is_main:
-            return StageResult(metrics=metrics)
-        out = save_hf(student.cpu(), ctx.tokenizer, ctx.run_dir / "prune" / "model")
+        return student, metrics
+
+    def save(self, model: torch.nn.Module, out_dir: Path
+             ) -> tuple[dict[str, Path], dict[str, Any]]:
+        from edgecompress.text.models import save_hf
+        from edgecompress.text.train import predict
+
+        ctx = self.ctx
+        out = save_hf(model.cpu(), ctx.tokenizer, out_dir / "model")
         reloaded = load_run_model(out)
         sample = ctx.encoded("test")
         diff = float(abs(predict(reloaded, sample, ctx.pad_id)
-                         - predict(student, sample, ctx.pad_id)).max())
+                         - predict(model, sample, ctx.pad_id)).max())
         if diff > 1e-4:
             raise ModelError(f"{out}: the pruned student does not reload with from_pretrained "
                              f"(logits differ by {diff:.3g})")
-        metrics["reload_max_abs_diff"] = diff
-        return StageResult(outputs=hf_outputs(out), metrics=metrics)
+        return hf_outputs(out), {"reload_max_abs_diff": diff}

@@ -1,2 +1,4 @@
-"""The pipeline's stages. The image family's: data, finetune, distill, prune, qat, export, bench,
-report; the report stage is shared by every family (see :mod:`edgecompress.families`)."""
+"""The pipeline's stages. Shared by every family (:mod:`edgecompress.families`): data,
+teacher (``finetune`` in image runs), distill, prune, bench and report; the training stages
+run the family's steps (:mod:`~edgecompress.stages.teacher`, :mod:`~edgecompress.stages.student`).
+The image family's own: qat and export (and its steps: finetune.py, distill.py, prune.py)."""

@@ -15,11 +15,11 @@ export configs); this is ours. A family is registered by its recipe ``task`` (se
   in ``report.md``; the shared report stage adds targets, stage timings, environment and gate
   and renders report.md, report.html and junit.xml the same way for every family.
 
-Stage classes that are family-agnostic are shared: data, teacher, distill, prune, bench and
-report (the training stages run the family's steps: :mod:`edgecompress.stages.teacher`,
-:mod:`edgecompress.stages.student`; the bench stage asks the family which files each target's
-engines come from and what they are fed). The export stage (and the image family's qat stage)
-are still per family (see the README's "Model families").
+Stage classes are shared: data, teacher, distill, prune, export, bench and report (the
+training and export stages run the family's steps: :mod:`edgecompress.stages.teacher`,
+:mod:`edgecompress.stages.student`, :mod:`edgecompress.stages.export`; the bench stage asks
+the family which files each target's engines come from and what they are fed). The image
+family adds its qat stage (the text family makes its INT8 files in its export steps).
 """
 
 from __future__ import annotations
@@ -145,6 +145,11 @@ class ModelFamily(ABC):
         """What the shared prune stage runs (a
         :class:`~edgecompress.stages.student.PruneSteps`)."""
         raise NotImplementedError(f"{self.task}: the prune stage needs prune_steps")
+
+    def export_steps(self, ctx: Context) -> Any:
+        """What the shared export stage runs (an
+        :class:`~edgecompress.stages.export.ExportSteps`)."""
+        raise NotImplementedError(f"{self.task}: the export stage needs export_steps")
 
     # --- bench (the shared bench stage asks these; a family without engines needs none) ----
 

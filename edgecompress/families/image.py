@@ -101,6 +101,11 @@ class ImageFamily(ModelFamily):
 
         return ImagePruneSteps(ctx)
 
+    def export_steps(self, ctx: Any) -> Any:
+        from edgecompress.stages.image_export import ImageExportSteps
+
+        return ImageExportSteps(ctx)
+
     def preflight(self, ctx: Any) -> None:
         """Data loads, models build and fit the data's shape and classes, feature taps exist,
         the prune section fits the student, targets name supported backends and settings, the
@@ -133,7 +138,7 @@ class ImageFamily(ModelFamily):
         from edgecompress.stages.qat import check_qat
 
         check_qat(ctx.recipe)  # int8 targets: qat enabled, each preset fits its backend
-        from edgecompress.stages.export import check_tflite_convertible
+        from edgecompress.stages.image_export import check_tflite_convertible
 
         # The converter sees the pruned shapes (ConvNeXt converts whole but not pruned).
         check_tflite_convertible(ctx, {"teacher": teacher, "student": pruned or student})
@@ -142,7 +147,7 @@ class ImageFamily(ModelFamily):
 
     def bench_inputs(self, ctx: Any) -> dict[str, Path]:
         from edgecompress.stages.common import final_student_source
-        from edgecompress.stages.export import float_suffixes
+        from edgecompress.stages.image_export import float_suffixes
         from edgecompress.stages.qat import preset_artifact, preset_reference, required_presets
 
         files = {"student": final_student_source(ctx)}

@@ -1,5 +1,6 @@
-"""The text family's export stage: FP32 ONNX, optimized FP32 and INT8 engine files (the shared
-bench stage builds and times them through the backends, like every family's).
+"""The text family's export steps (run by the shared export stage): FP32 ONNX, optimized FP32
+and INT8 engine files (the shared bench stage builds and times them through the backends, like
+every family's).
 
 Artifacts (``DIR/export/``):
 
@@ -25,7 +26,7 @@ import numpy as np
 from edgecompress.backends import get_backend
 from edgecompress.errors import ModelError
 from edgecompress.io import atomic_write_json
-from edgecompress.stages.base import Stage, StageResult
+from edgecompress.stages.export import ExportSteps
 from edgecompress.text.context import TextContext
 from edgecompress.text.recipe import text_recipe_to_dict
 from edgecompress.text.tflite import tflite_seq_lens, write_tflite_engines
@@ -40,52 +41,76 @@ def _padded(ctx: TextContext, split: str, n: int) -> tuple[np.ndarray, np.ndarra
     return ids.numpy(), mask.numpy()
 
 
-class TextExportStage(Stage):
-    """Writes the FP32, optimized FP32 and INT8 ONNX files."""
+class TextExportSteps(ExportSteps):
+    """The text family's export (run by the shared export stage): the FP32, optimized FP32,
+    TFLite and INT8 files."""
 
-    name = "export"
+    ctx: TextContext
 
-    def config(self, ctx: TextContext) -> dict[str, Any]:
+    def config(self) -> dict[str, Any]:
+        ctx = self.ctx
         raw = text_recipe_to_dict(ctx.recipe)
         return {"export": raw["export"], "quant": raw["quant"],
                 "tflite_seq_lens": tflite_seq_lens(ctx), "engine_descriptions": 1,
                 "tensorrt_int8": _tensorrt_int8(ctx)}
 
-    def inputs(self, ctx: TextContext) -> dict[str, Path]:
+    def inputs(self) -> dict[str, Path]:
+        ctx = self.ctx
         return {"teacher": ctx.run_dir / "teacher" / "stage.json",
                 "student": ctx.final_student_dir().parent / "stage.json"}
 
-    def run(self, ctx: TextContext) -> StageResult:
+    def models(self) -> dict[str, Any]:
+        from edgecompress.text.stages import load_run_model
+
+        return {"teacher": load_run_model(self.ctx.teacher_dir),
+                "student": load_run_model(self.ctx.final_student_dir())}
+
+    def _parity_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        if not hasattr(self, "_batch"):
+            self._batch = _padded(self.ctx, "test", self.ctx.recipe.export.parity_samples)
+        return self._batch
+
+    def export_role(self, role: str, model: Any, out_dir: Path
+                    ) -> tuple[dict[str, Path], dict[str, Any]]:
+        """ONNX (dynamic batch and sequence) and ORT's optimized graph, both parity-checked on
+        a padded test batch; TFLite flatbuffers at each TFLite target's length."""
         import torch
 
         from edgecompress.text.export import check_parity, export_onnx, optimize_transformer
-        from edgecompress.text.quant import kernel_report
-        from edgecompress.text.stages import load_run_model
 
-        cfg, out_dir = ctx.recipe.export, ctx.stage_dir(self.name)
-        ids, mask = _padded(ctx, "test", cfg.parity_samples)
+        ctx, cfg = self.ctx, self.ctx.recipe.export
+        ids, mask = self._parity_batch()
         example = (torch.as_tensor(ids[:2]), torch.as_tensor(mask[:2]))
-        metrics: dict[str, Any] = {}
-        outputs: dict[str, Path] = {}
-        models = {"teacher": ctx.teacher_dir, "student": ctx.final_student_dir()}
-        for role, directory in models.items():
-            model = load_run_model(directory)
-            with torch.no_grad():
-                ref = model(input_ids=torch.as_tensor(ids),
-                            attention_mask=torch.as_tensor(mask)).logits.numpy()
-            path = export_onnx(model, example, out_dir / f"{role}.onnx", cfg.opset,
-                               max_seq=model.config.max_position_embeddings,
-                               exporter=cfg.exporter)
-            parity = check_parity(path, ref, ids, mask, cfg.atol, role)
-            opt = out_dir / f"{role}.opt.onnx"
-            fused = optimize_transformer(path, opt)
-            parity_opt = check_parity(opt, ref, ids, mask, cfg.atol, f"{role} (optimized)")
-            metrics[role] = {"parity": parity, "parity_optimized": parity_opt, "fused": fused,
-                             "size_bytes": path.stat().st_size}
-            outputs.update({role: path, f"{role}_opt": opt})
-            write_tflite_engines(ctx, model, role, out_dir, metrics, outputs)
-            if role == "student":
-                student, reference = model, ref
+        with torch.no_grad():
+            ref = model(input_ids=torch.as_tensor(ids),
+                        attention_mask=torch.as_tensor(mask)).logits.numpy()
+        path = export_onnx(model, example, out_dir / f"{role}.onnx", cfg.opset,
+                           max_seq=model.config.max_position_embeddings, exporter=cfg.exporter)
+        parity = check_parity(path, ref, ids, mask, cfg.atol, role)
+        opt = out_dir / f"{role}.opt.onnx"
+        fused = optimize_transformer(path, opt)
+        parity_opt = check_parity(opt, ref, ids, mask, cfg.atol, f"{role} (optimized)")
+        local: dict[str, Any] = {role: {"parity": parity, "parity_optimized": parity_opt,
+                                        "fused": fused, "size_bytes": path.stat().st_size}}
+        outputs = {role: path, f"{role}_opt": opt}
+        write_tflite_engines(ctx, model, role, out_dir, local, outputs)
+        self._skipped_tflite = local.get("tflite")
+        if role == "student":
+            self._reference, self._example = ref, example
+        return outputs, local[role]
+
+    def finish(self, models: dict[str, Any], out_dir: Path, outputs: dict[str, Path],
+               metrics: dict[str, Any]) -> None:
+        """The INT8 engine (``quant.method``), its parity and kernel census; the teacher
+        through ``quantize_dynamic`` (``quant.teacher_reference``); the TensorRT INT8 file."""
+        from edgecompress.text.quant import kernel_report
+
+        ctx = self.ctx
+        if self._skipped_tflite is not None:
+            metrics["tflite"] = self._skipped_tflite
+        ids, mask = self._parity_batch()
+        student, reference, example = models["student"], self._reference, self._example
+        opt = outputs["student_opt"]
         int8 = out_dir / "student.int8.onnx"
         metrics["int8"] = self._quantize(ctx, student, opt, int8, example)
         disabled = self._disabled(ctx)
@@ -122,7 +147,6 @@ class TextExportStage(Stage):
         path = out_dir / "kernels.json"
         atomic_write_json(path, metrics["int8"])
         outputs["kernels"] = path
-        return StageResult(outputs=outputs, metrics=metrics)
 
     def _tensorrt(self, ctx: TextContext, out_dir: Path) -> tuple[Path, dict[str, Any]]:
         """``student.trt.int8.onnx`` for TensorRT INT8 targets: static Q/DQ of the weight

@@ -4,10 +4,10 @@ teachers, DistilBERT/TinyBERT-style students, head and FFN pruning, INT8 on ONNX
 Runs in the one :class:`~edgecompress.pipeline.Pipeline` (run directory ownership, manifests,
 resume, lock) and reports through the shared report stage (report.json, report.md, report.html,
 junit.xml, the gate), trains through the shared loop (:func:`edgecompress.training.fit`) and
-runs its teacher, distill and prune steps (:mod:`edgecompress.text.stages`) in the shared
-training stages and builds, scores and times its engines in the shared bench stage (it says
-which files and what they are fed: :class:`~edgecompress.text.evalset.TokenEvalSet`). Its
-export stage is still its own (:mod:`edgecompress.text.engines`).
+runs its teacher, distill and prune steps (:mod:`edgecompress.text.stages`) and its export
+steps (:mod:`edgecompress.text.engines`: ONNX, ORT-optimized, TFLite and INT8 files) in the
+shared stages, and builds, scores and times its engines in the shared bench stage (it says
+which files and what they are fed: :class:`~edgecompress.text.evalset.TokenEvalSet`).
 """
 
 from __future__ import annotations
@@ -97,13 +97,13 @@ class TextFamily(ModelFamily):
     def stages(self) -> list[Any]:
         from edgecompress.stages.bench import BenchStage
         from edgecompress.stages.data import DataStage
+        from edgecompress.stages.export import ExportStage
         from edgecompress.stages.report import ReportStage
         from edgecompress.stages.student import DistillStage, PruneStage
         from edgecompress.stages.teacher import TeacherStage
-        from edgecompress.text.engines import TextExportStage
 
         return [DataStage(), TeacherStage("teacher"), DistillStage(), PruneStage(),
-                TextExportStage(), BenchStage(), ReportStage()]
+                ExportStage(), BenchStage(), ReportStage()]
 
     def teacher_steps(self, ctx: Any) -> Any:
         from edgecompress.text.stages import TextTeacherSteps
@@ -119,6 +119,11 @@ class TextFamily(ModelFamily):
         from edgecompress.text.stages import TextPruneSteps
 
         return TextPruneSteps(ctx)
+
+    def export_steps(self, ctx: Any) -> Any:
+        from edgecompress.text.engines import TextExportSteps
+
+        return TextExportSteps(ctx)
 
     def preflight(self, ctx: Any) -> None:
         """Runtimes present, data loads, the teacher directory exists, the student's layers fit

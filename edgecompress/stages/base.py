@@ -100,6 +100,43 @@ class Stage(ABC):
         """Do the work; write outputs atomically (rank 0 only) and return them."""
 
 
+class StageSteps(ABC):
+    """What a model family does in one shared stage (one instance per call, holding the
+    context): the stage asks it what its outputs depend on and runs it."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """The recipe part the stage's outputs depend on (hashed for resume)."""
+
+    def inputs(self) -> dict[str, Path]:
+        """Earlier artifacts and user files the stage reads (hashed for resume)."""
+        return {}
+
+    def fingerprints(self) -> dict[str, str]:
+        """Other content hashes the outputs depend on (the dataset, a model directory)."""
+        return {}
+
+
+class FamilyStage(Stage):
+    """A shared stage whose family-specific work is the family's :class:`StageSteps`."""
+
+    @abstractmethod
+    def steps(self, ctx: Context) -> StageSteps:
+        """This run's family steps for the stage."""
+
+    def config(self, ctx: Context) -> dict[str, Any]:
+        return self.steps(ctx).config()
+
+    def inputs(self, ctx: Context) -> dict[str, Path]:
+        return self.steps(ctx).inputs()
+
+    def extra_fingerprints(self, ctx: Context) -> dict[str, str]:
+        return self.steps(ctx).fingerprints()
+
+
 def read_stage_manifest(run_dir: Path, name: str) -> dict[str, Any]:
     """The manifest a finished stage wrote (empty dict if it has none)."""
     path = Path(run_dir) / name / "stage.json"

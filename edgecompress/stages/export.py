@@ -11,28 +11,17 @@ stage runs them in order, collects outputs and metrics per role, and logs one li
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
-from edgecompress.stages.base import Context, Stage, StageResult
+from edgecompress.stages.base import Context, FamilyStage, StageResult, StageSteps
 
 logger = logging.getLogger(__name__)
 
 
-class ExportSteps(ABC):
-    """What a family does in the export stage (one instance per run, holding the context)."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
-    @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """The recipe part the exported files depend on (hashed for resume)."""
-
-    @abstractmethod
-    def inputs(self) -> dict[str, Path]:
-        """The earlier stages' artifacts it reads (hashed for resume)."""
+class ExportSteps(StageSteps):
+    """What a family does in the export stage."""
 
     @abstractmethod
     def models(self) -> dict[str, Any]:
@@ -51,19 +40,16 @@ class ExportSteps(ABC):
         return None
 
 
-class ExportStage(Stage):
+class ExportStage(FamilyStage):
     """Produces ``export/teacher.onnx``, ``export/student.onnx`` and what the family adds."""
 
     name = "export"
 
-    def config(self, ctx: Context) -> dict[str, Any]:
-        return ctx.family.export_steps(ctx).config()
-
-    def inputs(self, ctx: Context) -> dict[str, Path]:
-        return ctx.family.export_steps(ctx).inputs()
+    def steps(self, ctx: Context) -> StageSteps:
+        return ctx.family.export_steps(ctx)
 
     def run(self, ctx: Context) -> StageResult:
-        steps = ctx.family.export_steps(ctx)
+        steps = self.steps(ctx)
         out_dir = ctx.stage_dir(self.name)
         models = {role: model.cpu().eval() for role, model in steps.models().items()}
         outputs: dict[str, Path] = {}

@@ -11,31 +11,16 @@ no-op that writes nothing.
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
-from edgecompress.stages.base import Context, Stage, StageResult
+from edgecompress.stages.base import Context, FamilyStage, StageResult, StageSteps
 
 logger = logging.getLogger(__name__)
 
 
-class _Steps(ABC):
-    """What a family does in one stage (one instance per call, holding the context)."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
-    @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """The recipe part the stage's outputs depend on (hashed for resume)."""
-
-    def inputs(self) -> dict[str, Path]:
-        """Earlier artifacts and user files the stage reads (hashed for resume)."""
-        return {}
-
-
-class DistillSteps(_Steps):
+class DistillSteps(StageSteps):
     """A family's distillation: train the student against the frozen teacher."""
 
     @abstractmethod
@@ -49,7 +34,7 @@ class DistillSteps(_Steps):
         """Write the carried-forward student (and any comparison) under ``out_dir``."""
 
 
-class PruneSteps(_Steps):
+class PruneSteps(StageSteps):
     """A family's structured pruning: remove its units (channels, heads, FFN neurons) from the
     distilled student and recover the accuracy by distillation."""
 
@@ -69,22 +54,19 @@ class PruneSteps(_Steps):
         metrics of the check)``."""
 
 
-class DistillStage(Stage):
+class DistillStage(FamilyStage):
     """Produces the distilled student (``distill/student.pt``, or ``distill/model/``)."""
 
     name = "distill"
     distributed = True  # under torchrun every rank trains its shard (DDP)
 
-    def config(self, ctx: Context) -> dict[str, Any]:
-        return ctx.family.distill_steps(ctx).config()
-
-    def inputs(self, ctx: Context) -> dict[str, Path]:
-        return ctx.family.distill_steps(ctx).inputs()
+    def steps(self, ctx: Context) -> StageSteps:
+        return ctx.family.distill_steps(ctx)
 
     def run(self, ctx: Context) -> StageResult:
         from edgecompress.training import seed_everything
 
-        steps = ctx.family.distill_steps(ctx)
+        steps = self.steps(ctx)
         seed_everything(ctx.recipe.seed)
         models, kept, metrics = steps.distill()
         metrics["world_size"] = ctx.dist.world_size
@@ -94,23 +76,20 @@ class DistillStage(Stage):
                            metrics=metrics)
 
 
-class PruneStage(Stage):
+class PruneStage(FamilyStage):
     """Produces the pruned student (``prune/student.pt2``, or ``prune/model/``) when enabled;
     disabled, it writes nothing and the distilled student stays the final one."""
 
     name = "prune"
     distributed = True  # every rank prunes identically, then trains its shard (DDP)
 
-    def config(self, ctx: Context) -> dict[str, Any]:
-        return ctx.family.prune_steps(ctx).config()
-
-    def inputs(self, ctx: Context) -> dict[str, Path]:
-        return ctx.family.prune_steps(ctx).inputs()
+    def steps(self, ctx: Context) -> StageSteps:
+        return ctx.family.prune_steps(ctx)
 
     def run(self, ctx: Context) -> StageResult:
         from edgecompress.training import seed_everything
 
-        steps = ctx.family.prune_steps(ctx)
+        steps = self.steps(ctx)
         if not steps.enabled:
             logger.info("pruning disabled: the distilled student is the final student")
             return StageResult(metrics={"enabled": False})

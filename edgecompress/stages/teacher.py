@@ -11,32 +11,17 @@ the ``world_size`` record. Image runs call it ``finetune`` (``finetune/teacher.p
 from __future__ import annotations
 
 import logging
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
-from edgecompress.stages.base import Context, Stage, StageResult
+from edgecompress.stages.base import Context, FamilyStage, StageResult, StageSteps
 
 logger = logging.getLogger(__name__)
 
 
-class TeacherSteps(ABC):
-    """What a family does in the teacher stage (one instance per run and process)."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-
-    @abstractmethod
-    def config(self) -> dict[str, Any]:
-        """The recipe part the teacher depends on (hashed for resume)."""
-
-    def inputs(self) -> dict[str, Path]:
-        """User files and earlier artifacts it reads (hashed for resume)."""
-        return {}
-
-    def fingerprints(self) -> dict[str, str]:
-        """Other content hashes it depends on (the dataset, a model directory)."""
-        return {}
+class TeacherSteps(StageSteps):
+    """What a family does in the teacher stage."""
 
     @abstractmethod
     def build(self) -> tuple[Any, dict[str, Any]]:
@@ -57,7 +42,7 @@ class TeacherSteps(ABC):
         """Write the teacher (CPU, eval mode) under ``out_dir``; its files as stage outputs."""
 
 
-class TeacherStage(Stage):
+class TeacherStage(FamilyStage):
     """Produces the teacher (``finetune/teacher.pt`` or ``teacher/model/``)."""
 
     distributed = True  # under torchrun every rank trains its shard (DDP)
@@ -65,23 +50,13 @@ class TeacherStage(Stage):
     def __init__(self, name: str = "finetune") -> None:
         self.name = name
 
-    @staticmethod
-    def _steps(ctx: Context) -> TeacherSteps:
+    def steps(self, ctx: Context) -> TeacherSteps:
         return ctx.family.teacher_steps(ctx)
-
-    def config(self, ctx: Context) -> dict[str, Any]:
-        return self._steps(ctx).config()
-
-    def inputs(self, ctx: Context) -> dict[str, Path]:
-        return self._steps(ctx).inputs()
-
-    def extra_fingerprints(self, ctx: Context) -> dict[str, str]:
-        return self._steps(ctx).fingerprints()
 
     def run(self, ctx: Context) -> StageResult:
         from edgecompress.training import seed_everything
 
-        steps = self._steps(ctx)
+        steps = self.steps(ctx)
         seed_everything(ctx.recipe.seed)
         model, metrics = steps.build()
         model.to(ctx.dist.device)

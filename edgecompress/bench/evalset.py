@@ -51,7 +51,9 @@ class EvalSet(ABC):
 
     @abstractmethod
     def sample(self, limit: int = REMOTE_SAMPLES) -> tuple[Feed, np.ndarray | None]:
-        """The first ``limit`` samples as arrays (and their labels), for a remote device."""
+        """The first samples (at most ``limit`` where reading them costs) as arrays, and their
+        labels, for a remote device; its logits are compared with the reference's first as
+        many rows."""
 
     def value_ranges(self) -> list[tuple[int, int] | None] | None:
         """Per input, in feed order: ``(low, high)`` of an integer input (token ids, a mask),
@@ -117,10 +119,14 @@ class ArrayEvalSet(EvalSet):
         return np.ascontiguousarray(self.x[:batch_size], dtype=np.float32)
 
     def sample(self, limit: int = REMOTE_SAMPLES) -> tuple[Feed, np.ndarray | None]:
-        n = min(len(self), limit)
+        """Arrays already in memory travel whole; a stream's first ``limit`` images are
+        decoded (the split is already shuffled), so memory does not grow with the split."""
+        from edgecompress.data.stream import is_stream
+
+        n = min(len(self), limit) if is_stream(self.x) else len(self)
         x = self._rows(0, n)
         if not isinstance(x, Mapping):
-            x = np.asarray(x, dtype=np.float32)  # an image stream's first images, decoded
+            x = np.asarray(x, dtype=np.float32)
         return x, None if self.labels is None else self.labels[:n]
 
 

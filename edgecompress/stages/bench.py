@@ -217,6 +217,10 @@ def _remote_entry(ctx: Context, target: Any, backend: Any, entry: dict[str, Any]
     measured: dict[str, Any] = {}
     speed = {"timing": {"scheme": "sequential", "where": "remote device"}}
     x, y = data.sample()  # sent to the device: bounded
+    if reference_logits is not None:  # the device scores the sample: compare its rows
+        from edgecompress.bench.evalset import feed_rows
+
+        reference_logits = reference_logits[:feed_rows(x)]
     if adb_profile is None and remote.interleaves:  # the agent: same rounds as a local run
         measured, speed = remote.benchmark_many(
             {"teacher": teacher_art, "student": student_art}, x, y, warmup=target.warmup,

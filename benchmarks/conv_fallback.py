@@ -107,11 +107,40 @@ def slower_in_int8(fp32: tuple[Path, Path], int8: tuple[Path, Path], fx_to_layer
         return {"layers": [], "matched": False, "reason": "the convs of the two graphs differ"}
     f_us = node_times(fp32[0], x1, runs, work / "prof_fp32")
     i_us = node_times(int8[0], x1, runs, work / "prof_int8", int8_disabled)
-    per_layer = [{"layer": _layer_of(i_name, fx_to_layer), "fp32_node": f_name,
-                  "int8_node": i_name, "fp32_us": round(f_us.get(f_name, 0.0), 1),
+    kinds = {name: conv_kind(sig, first=index == 0)
+             for index, (name, sig) in enumerate(conv_nodes(fp32[1]))}
+    per_layer = [{"layer": _layer_of(i_name, fx_to_layer), "kind": kinds[f_name],
+                  "fp32_node": f_name, "int8_node": i_name,
+                  "fp32_us": round(f_us.get(f_name, 0.0), 1),
                   "int8_us": round(i_us.get(i_name, 0.0), 1)} for f_name, i_name in pairs]
     slower = [row["layer"] for row in per_layer
               if row["layer"] and row["int8_us"] > margin * row["fp32_us"] > 0]
     return {"layers": slower, "margin": margin,
             "matched": all(row["layer"] for row in per_layer),
-            "per_layer": per_layer}
+            "by_kind": time_by_kind(per_layer), "per_layer": per_layer}
+
+
+def conv_kind(sig: tuple[Any, ...], first: bool) -> str:
+    """``stem`` (the first conv: 1-3 input channels), ``depthwise`` (grouped), ``1x1`` or
+    ``kxk`` (dense), from a :func:`conv_nodes` signature."""
+    kernel, _, group = sig
+    if first:
+        return "stem"
+    if group > 1:
+        return "depthwise"
+    return "1x1" if kernel and all(k == 1 for k in kernel) else "kxk"
+
+
+def time_by_kind(per_layer: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Profiled FP32 and int8 kernel time per conv kind, and their ratio (where the int8
+    engine gains and where it does not)."""
+    out: dict[str, dict[str, float]] = {}
+    for row in per_layer:
+        agg = out.setdefault(row["kind"], {"convs": 0, "fp32_us": 0.0, "int8_us": 0.0})
+        agg["convs"] += 1
+        agg["fp32_us"] += row["fp32_us"]
+        agg["int8_us"] += row["int8_us"]
+    for agg in out.values():
+        agg["fp32_us"], agg["int8_us"] = round(agg["fp32_us"], 1), round(agg["int8_us"], 1)
+        agg["fp32_over_int8"] = round(agg["fp32_us"] / agg["int8_us"], 2) if agg["int8_us"] else 0
+    return out

@@ -285,6 +285,9 @@ def bench_arch(arch: str, data: tuple[Any, ...], args: argparse.Namespace,
                                   args.fallback_margin)
         print(f"  latency fallback: {fallback['layers']} "
               f"{'' if fallback['matched'] else fallback['reason']}", flush=True)
+        for kind, agg in fallback.get("by_kind", {}).items():
+            print(f"  {kind:9s} {agg['convs']:3d} convs: FP32 {agg['fp32_us']:8.0f} us, int8 "
+                  f"{agg['int8_us']:8.0f} us ({agg['fp32_over_int8']:.2f}x)", flush=True)
         if fallback["layers"]:
             fb_preset = get_preset(preset_name)
             prepared = fb_preset.prepare(model, example, qat=False, skip=fallback["layers"])
@@ -347,6 +350,8 @@ def bench_arch(arch: str, data: tuple[Any, ...], args: argparse.Namespace,
         print(f"  {key:10s} acc {rows[key]['accuracy']:.4f} p50 {p50:8.2f} ms "
               f"x{rows[key]['speedup_vs_fp32']:.2f} vs fp32", flush=True)
     return {"arch": arch, "definition": origin, "macs": macs, "preset": preset_name,
+            "channel_padding": json.loads((Path(ours).parent / "engine.json").read_text())
+            .get("channel_padding", {}),
             "latency_fallback": fallback, "load_average_during_timing": load,
             "accuracy_int8_reference": float((reference.argmax(1) == y_test).mean()),
             "engines": rows}

@@ -207,7 +207,8 @@ def test_report_md_tells_the_same_story():
     md = render_markdown(image_story_report())
     assert "| teacher | 97.00 % | 1,000 | 10,000 | 2,000,000 B |" in md
     assert "| student (distilled, pruned) | 95.00 % | 100 | 1,000 | 100,000 B |" in md
-    assert "| student int8 (cpu-int8, onnxruntime engine) | 93.00 % | 100 | 1,000 | 30,000 B |" in md
+    assert ("| student int8 (cpu-int8, onnxruntime engine) | 93.00 % | 100 | 1,000 | 30,000 B |"
+            in md)
     assert "Accuracy criterion (ort-x86-avx2, max drop 2 pp on validation) met: FP32 [none]: " \
            "drop 6.00 pp; FP32 [stem.0]: drop 1.50 pp." in md
     assert "Environment: x86_64 ISA avx2; 2 logical cores; 1 torch threads; Python 3.11; " \

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
@@ -228,6 +229,7 @@ class OnnxRuntimeBackend(Backend):
                            "they run exact u8 x u8 kernels (slower). Preset ort-x86 picks "
                            "7-bit weights here and keeps the fast kernels.", wide, cpu.isa)
         strip_metadata(model)
+        padding = self._pad_channels_where_faster(ort, model)
         out_dir.mkdir(parents=True, exist_ok=True)
         artifact = out_dir / ARTIFACT_NAME
         with atomic_path(artifact) as tmp:
@@ -240,7 +242,8 @@ class OnnxRuntimeBackend(Backend):
         info = {"precision": "int8", "disabled_optimizers": list(INT8_DISABLED_OPTIMIZERS),
                 "activation_dtypes_in_source": before, "uint8_rewrites": rewritten,
                 "int32_biases": biases, "compute_nodes": compute_nodes,
-                "isa": cpu.isa, "uint8_weight_rewrites": wide, **census}
+                "isa": cpu.isa, "uint8_weight_rewrites": wide, "channel_padding": padding,
+                **census}
         from edgecompress.io import atomic_write_json
 
         atomic_write_json(out_dir / ENGINE_INFO_NAME, info)
@@ -250,6 +253,49 @@ class OnnxRuntimeBackend(Backend):
             artifact, fused, census["int8_kernels"], len(census["fp32_nodes"]),
             f" ({', '.join(census['fp32_nodes'])})" if census["fp32_nodes"] else "")
         return artifact
+
+    def _pad_channels_where_faster(self, ort: ModuleType, model: Any) -> dict[str, dict]:
+        """Pad conv input channels to ORT's kernel alignment where that measures faster on this
+        CPU (:mod:`edgecompress.quant.channel_pad`, :mod:`.ort_profile`), in place. Returns,
+        per candidate conv, both times and whether it was padded (for ``engine.json``). Exact
+        either way; a model that cannot be timed (symbolic non-batch input dims) is left as
+        it is."""
+        import copy
+
+        import onnx
+
+        from edgecompress.backends.ort_profile import faster_padding, profile_nodes
+        from edgecompress.quant.channel_pad import pad_candidates, pad_conv_input_channels
+
+        if not pad_candidates(model):
+            return {}
+        trial = copy.deepcopy(model)
+        padded = pad_conv_input_channels(trial)
+
+        def make_session(path: Path, prefix: Path) -> Any:
+            so = self._session_options(ort, threads=1)
+            so.enable_profiling = True
+            so.profile_file_prefix = str(prefix)
+            return self._session(ort, path, so, INT8_DISABLED_OPTIMIZERS)
+
+        with tempfile.TemporaryDirectory(prefix="ec-chanpad-") as tmp:
+            paths = [Path(tmp) / "plain.onnx", Path(tmp) / "padded.onnx"]
+            onnx.save(model, str(paths[0]))
+            onnx.save(trial, str(paths[1]))
+            times = profile_nodes(make_session, paths)
+        if times is None:
+            return {c.conv: {"channels": c.channels, "padded_to": c.padded_to, "keep": False,
+                             "reason": "the model's input shape is not fixed; nothing to time"}
+                    for c in padded}
+        choice = faster_padding(times[0], times[1], padded)
+        keep = {name for name, c in choice.items() if c["keep"]}
+        if keep:
+            pad_conv_input_channels(model, only=keep)
+        logger.info("onnxruntime int8 engine: %d of %d convs get input channels padded to a "
+                    "multiple of 4 (%s)", len(keep), len(padded),
+                    ", ".join(f"{k}: {v.get('plain_us')} us plain, {v.get('padded_us')} us "
+                              f"padded" for k, v in choice.items()))
+        return choice
 
     def _publish_finished(self, source: Path, out_dir: Path) -> Path:
         """Publish an int8 model that is already an engine as it is: a file with its own

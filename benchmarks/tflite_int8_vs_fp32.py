@@ -9,9 +9,12 @@ interleaved rounds in one process (background load hits both alike) with the pro
 (``Runner.timed_call`` -> ``Interpreter.invoke``), and cross-checked with ai-edge-litert's
 bundled benchmark tool. This CPU with XNNPACK stands in for an Arm phone: the ratio, not the
 absolute time, is what carries over (and only roughly: x86 VNNI vs Arm sdot).
-Prints a table and writes ``benchmarks/results/tflite_int8_vs_fp32.json``.
+With ``--zoo`` also torchvision's MobileNetV2 and ResNet-18 at 3x224x224 (random weights,
+latency only): the models of ``benchmarks/int8_cpu.py``, to compare XNNPACK's int8 gain with
+ONNX Runtime's on the same CPU. Prints a table and writes
+``benchmarks/results/tflite_int8_vs_fp32.json`` (``--out`` to keep another CPU's results).
 
-    python benchmarks/tflite_int8_vs_fp32.py [--rounds 5 --runs 200]
+    python benchmarks/tflite_int8_vs_fp32.py [--rounds 5 --runs 200] [--zoo --out FILE]
 """
 
 from __future__ import annotations
@@ -37,6 +40,22 @@ from edgecompress.report import environment
 CONFIGS = [("demo student 1x8x8 (digits)", 1, 8, 0.5),
            ("mobilenet w0.5 1x32x32", 1, 32, 0.5),
            ("mobilenet w1.0 3x96x96", 3, 96, 1.0)]
+#: ``--zoo``: torchvision's own definitions at 3x224x224 (random weights, latency only), the
+#: models of benchmarks/int8_cpu.py, so the two CPU runtimes can be compared on one CPU.
+ZOO = ("mobilenet_v2", "resnet18")
+
+
+def zoo_model(arch: str) -> torch.nn.Module:
+    """torchvision's ``arch`` (10 classes) with BatchNorm statistics from random batches."""
+    from edgecompress.models.zoo import import_torchvision
+
+    torch.manual_seed(0)
+    model = getattr(import_torchvision().models, arch)(num_classes=10)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(8, 3, 224, 224))
+    return model.eval()
 
 
 def train_digits(epochs: int) -> tuple[torch.nn.Module, object]:
@@ -96,14 +115,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=200, help="timed calls per engine per round")
     parser.add_argument("--epochs", type=int, default=10, help="digits training epochs")
+    parser.add_argument("--zoo", action="store_true",
+                        help="also torchvision " + " and ".join(ZOO) + " at 3x224x224")
     parser.add_argument("--out", type=Path,
                         default=Path(__file__).parent / "results" / "tflite_int8_vs_fp32.json")
     args = parser.parse_args()
     rows = []
     student, bundle = train_digits(args.epochs)
+    configs = list(CONFIGS) + ([(f"torchvision {arch} 3x224x224", 3, 224, arch) for arch in ZOO]
+                               if args.zoo else [])
     with tempfile.TemporaryDirectory() as tmp:
-        for name, cin, size, width in CONFIGS:
-            if size == 8:
+        for name, cin, size, width in configs:
+            if isinstance(width, str):
+                model = zoo_model(width)
+                calib = np.random.default_rng(1).standard_normal(
+                    (32, cin, size, size)).astype(np.float32)
+            elif size == 8:
                 model, calib = student, bundle.train.x[:256]
             else:
                 torch.manual_seed(0)
@@ -112,9 +139,10 @@ def main() -> None:
                 calib = np.random.default_rng(1).standard_normal(
                     (64, cin, size, size)).astype(np.float32)
             shape = (1, cin, size, size)
-            fp32 = export_tflite(model, torch.from_numpy(calib[:1]), Path(tmp) / f"{size}.fp32"
+            stem = f"{width}_{size}"
+            fp32 = export_tflite(model, torch.from_numpy(calib[:1]), Path(tmp) / f"{stem}.fp32"
                                  ".tflite")
-            int8, converted = quantize(model, calib, Path(tmp) / f"{size}.int8.tflite")
+            int8, converted = quantize(model, calib, Path(tmp) / f"{stem}.int8.tflite")
             found = inspect_tflite(int8)
             timing = time_pair({"fp32": fp32, "int8": int8}, shape, args.rounds, args.runs)
             tool = {k: run_litert_benchmark(p, threads=1, warmup=20, runs=200)

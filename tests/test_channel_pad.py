@@ -148,3 +148,19 @@ def test_ort_build_records_its_choice_and_is_exact(tmp_path) -> None:
     x = np.random.default_rng(2).uniform(-1, 3, (3, 3, 64, 64)).astype(np.float32)
     with backend.load(artifact, threads=1) as runner:
         np.testing.assert_array_equal(runner.run(x), run(model, x))
+
+
+def test_a_dequantize_other_nodes_still_read_is_kept() -> None:
+    model = qdq_conv_model(3)
+    model.graph.node.append(helper.make_node("Relu", ["xd"], ["xr"], name="other_user"))
+    model.graph.output.append(helper.make_tensor_value_info("xr", TensorProto.FLOAT, None))
+    x = np.random.default_rng(3).uniform(-1, 2, (1, 3, 20, 20)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    before = sess.run(None, {"x": x})
+    assert len(pad_conv_input_channels(model)) == 1
+    names = {n.name for n in model.graph.node}
+    assert "dqx" in names and "dqw" not in names  # the input DQ has another reader
+    assert "w" not in {i.name for i in model.graph.initializer}
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    for got, want in zip(sess.run(None, {"x": x}), before, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -86,6 +86,7 @@ def pad_conv_input_channels(model: Any, only: Collection[str] | None = None,
     inits = {i.name: i for i in graph.initializer}
     producers = {out: n for n in graph.node for out in n.output}
     done: list[PaddedConv] = []
+    replaced: list[Any] = []  # DequantizeLinear nodes the padded convs no longer read
     for conv in pad_candidates(model, alignment):
         if not conv.name:
             conv.name = f"conv_{conv.output[0]}"  # a name is how the profile finds it
@@ -122,24 +123,35 @@ def pad_conv_input_channels(model: Any, only: Collection[str] | None = None,
         for offset, node in enumerate((pad, new_x_dq, new_w_dq)):
             graph.node.insert(index + offset, node)
         conv.input[0], conv.input[1] = new_x_dq.output[0], new_w_dq.output[0]
+        replaced += [x_dq, w_dq]
         done.append(PaddedConv(conv=conv.name, channels=int(channels),
                                padded_to=int(channels + extra), pad_node=pad.name))
-    if done:
-        _drop_unused(model)
+    _drop_if_unused(model, replaced)
     return done
 
 
-def _drop_unused(model: Any) -> None:
-    """Remove DequantizeLinear nodes and initializers nothing reads any more."""
+def _names_read(graph: Any) -> set[str]:
+    """Every tensor name a node of ``graph`` or of its subgraphs (If/Loop bodies) reads, and
+    the graph's outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                names |= _names_read(sub)
+    return names
+
+
+def _drop_if_unused(model: Any, nodes: list[Any]) -> None:
+    """Remove those of ``nodes`` (and their initializer inputs) that nothing reads any more;
+    a DequantizeLinear another node still uses is kept."""
     graph = model.graph
-    while True:
-        used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-        dead = [n for n in graph.node
-                if n.op_type == "DequantizeLinear" and n.output[0] not in used]
-        if not dead:
-            break
-        for node in dead:
+    used = _names_read(graph)
+    dead_inputs: set[str] = set()
+    for node in {id(n): n for n in nodes}.values():
+        if node.output[0] not in used:
+            dead_inputs.update(node.input)
             graph.node.remove(node)
-    used = {name for n in graph.node for name in n.input}
-    for init in [i for i in graph.initializer if i.name not in used]:
+    used = _names_read(graph)
+    for init in [i for i in graph.initializer if i.name in dead_inputs and i.name not in used]:
         graph.initializer.remove(init)
